@@ -1,0 +1,125 @@
+/*
+ * st_kernels.h - the compute backend interface: a table of operations.
+ *
+ * A backend (CPU, CUDA) is a struct of function pointers, as ggml's
+ * ggml-backend-impl.h and UCX's uct_iface_ops_t are. The stage executor
+ * (worker/) calls only through this table and never asks which backend it
+ * has, so a worker picks CPU or CUDA by configuration alone.
+ *
+ *   st_backend_t be;
+ *   st_backend_params_t p = { .size = sizeof p, .n_threads = 2 };
+ *   if (st_backend_open("cpu", &p, &be, &err) != ST_OK) ...
+ *   float *x = be.ops->alloc(be.ctx, bytes);        // backend memory
+ *   be.ops->matmul(be.ctx, w, x, n, y);
+ *   st_backend_close(&be);
+ *
+ * Conventions for every op:
+ * - Activation pointers (x, out, q, caches) are backend memory from ->alloc
+ *   (host memory for the CPU backend, device memory for CUDA). Small index
+ *   arrays (token ids, positions, slots) are host memory; a device backend
+ *   copies them itself.
+ * - Weights are st_tensor_t views of the mapped model file. A backend that
+ *   needs them elsewhere uploads them in ->weights_load (optional).
+ * - Activations are f32, row-major, one row per token, contiguous.
+ * - Ops may run asynchronously; ->sync waits for everything queued. to_host
+ *   implies a sync.
+ * - Ops on the per-token path allocate nothing; scratch is sized at create
+ *   time from params (max_batch, max_cols).
+ */
+#ifndef ST_KERNELS_H
+#define ST_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "st_error.h"
+#include "st_status.h"
+#include "st_tensor.h"
+
+#define ST_BACKEND_ABI_VERSION 1u
+
+typedef struct st_backend_params {
+    uint32_t size;        /* sizeof(st_backend_params_t): lets the struct grow */
+    int      n_threads;   /* CPU worker threads including the caller; <= 0: all cores */
+    int      device;      /* GPU ordinal for device backends */
+    uint32_t max_batch;   /* most token rows any op will see (sizes scratch) */
+    uint32_t max_cols;    /* widest input row of any matmul (sizes scratch) */
+} st_backend_params_t;
+
+typedef struct st_attn_args {
+    int            n_tokens;
+    int            n_head;
+    int            n_head_kv;   /* n_head % n_head_kv == 0 (grouped-query) */
+    int            head_dim;
+    const float   *q;           /* [n_tokens][n_head * head_dim] */
+    const float   *k_cache;     /* this layer: [n_slots][n_ctx][n_head_kv * head_dim] */
+    const float   *v_cache;     /* same layout as k_cache */
+    int            n_ctx;       /* tokens per slot */
+    const int32_t *slot;        /* host, per token: KV slot of its sequence */
+    const int32_t *pos;         /* host, per token: attends to positions 0..pos */
+    float          scale;       /* usually 1/sqrt(head_dim) */
+    float         *out;         /* [n_tokens][n_head * head_dim] */
+} st_attn_args_t;
+
+typedef struct st_backend_ops {
+    uint32_t    abi_version;    /* ST_BACKEND_ABI_VERSION */
+    const char *name;           /* "cpu", "cuda" */
+
+    /* Create/destroy one backend instance (thread pool, streams, scratch). */
+    st_status_t (*create)(const st_backend_params_t *p, void **ctx, st_error_t *err);
+    void        (*destroy)(void *ctx);
+    /* One line describing the instance: "cpu avx512vnni, 2 threads". */
+    const char *(*describe)(void *ctx);
+
+    /* Backend memory for activations and KV caches (zeroed). */
+    void       *(*alloc)(void *ctx, size_t bytes);
+    void        (*free)(void *ctx, void *ptr);
+    st_status_t (*to_device)(void *ctx, void *dst, const void *host_src, size_t bytes);
+    st_status_t (*to_host)(void *ctx, void *host_dst, const void *src, size_t bytes);
+    st_status_t (*sync)(void *ctx);
+
+    /* Optional (NULL: weights are used in place from the mapping). */
+    st_status_t (*weights_load)(void *ctx, const st_tensor_t *const *tensors, size_t n,
+                                st_error_t *err);
+
+    /* out[i] = dequantized row ids[i] of emb (emb: ne = {dim, n_vocab}). */
+    void (*get_rows)(void *ctx, const st_tensor_t *emb, const int32_t *ids, int n, float *out);
+    /* out[i] = x[i] / rms(x[i]) * w   (w: f32 [dim]) */
+    void (*rmsnorm)(void *ctx, const float *x, const st_tensor_t *w, float eps, int n, int dim,
+                    float *out);
+    /* out[i][r] = sum_c W[r][c] * x[i][c]  (W: ne = {cols, rows}, any supported dtype) */
+    void (*matmul)(void *ctx, const st_tensor_t *w, const float *x, int n, float *out);
+    /* In place on x[n][n_heads * head_dim]: rotate the first rope_dim dims of
+     * every head by position pos[i], adjacent pairs (x[2j], x[2j+1]) with
+     * angle pos * freq_scale * theta^(-2j/rope_dim) (GGUF llama "normal" rope). */
+    void (*rope)(void *ctx, float *x, int n, int n_heads, int head_dim, int rope_dim,
+                 const int32_t *pos, float theta, float freq_scale);
+    /* Store k[i], v[i] (each kv_dim floats) at (slot[i], pos[i]) of the caches. */
+    void (*kv_store)(void *ctx, const float *k, const float *v, int n, int kv_dim,
+                     const int32_t *slot, const int32_t *pos, float *k_cache, float *v_cache,
+                     int n_ctx);
+    /* Causal attention of each token over its slot's cache, positions 0..pos[i]. */
+    void (*attention)(void *ctx, const st_attn_args_t *a);
+    /* out[j] = silu(gate[j]) * up[j] */
+    void (*swiglu)(void *ctx, const float *gate, const float *up, size_t n, float *out);
+    /* x[j] += y[j] */
+    void (*add)(void *ctx, float *x, const float *y, size_t n);
+} st_backend_ops_t;
+
+/* A backend instance: its table and its context. The caller owns the struct. */
+typedef struct st_backend {
+    const st_backend_ops_t *ops;
+    void                   *ctx;
+} st_backend_t;
+
+/* Names of the backends compiled in ("cpu", and "cuda" when built with nvcc). */
+const char *const *st_backend_names(void);
+const st_backend_ops_t *st_backend_find(const char *name);
+st_status_t st_backend_open(const char *name, const st_backend_params_t *p, st_backend_t *out,
+                            st_error_t *err);
+void        st_backend_close(st_backend_t *b);
+
+/* The CPU backend's table (kernels/cpu). */
+const st_backend_ops_t *st_backend_cpu_ops(void);
+
+#endif /* ST_KERNELS_H */
