@@ -66,6 +66,9 @@ st_status_t st_tokenizer_encode(const st_tokenizer_t *t, const char *text, size_
  * tokens decoded; control tokens give their text only when `special`).
  * Returns the number of bytes the piece has; writes at most cap of them. */
 size_t st_tokenizer_piece(const st_tokenizer_t *t, int32_t id, int special, char *buf, size_t cap);
+/* Longest piece of the vocabulary in bytes: a st_detok_push buffer of
+ * max_piece + 16 bytes never truncates. (Added by the tokenizer module.) */
+size_t st_tokenizer_max_piece(const st_tokenizer_t *t);
 
 /* Streaming detokenizer: push ids, get out complete UTF-8 only. */
 typedef struct st_detok {
@@ -77,7 +80,9 @@ typedef struct st_detok {
 
 void   st_detok_init(st_detok_t *d, const st_tokenizer_t *t);
 /* Appends the text of `id` to out (at most cap bytes, NUL-terminated) and
- * returns the number of bytes written: only complete UTF-8 sequences. */
+ * returns the number of bytes written: only complete UTF-8 sequences.
+ * Control tokens give no text. A character that does not fit in cap is
+ * dropped, so give at least st_tokenizer_max_piece() + 16 bytes. */
 size_t st_detok_push(st_detok_t *d, int32_t id, char *out, size_t cap);
 /* Flushes what is pending (invalid leftovers become U+FFFD). */
 size_t st_detok_flush(st_detok_t *d, char *out, size_t cap);
