@@ -93,4 +93,9 @@ const st_tensor_t *st_gguf_find_tensor(const st_gguf_t *g, const char *name);
 
 const char *st_gguf_type_name(st_gguf_type_t t);
 
+/* A printable copy of a file string for messages: at most n-1 bytes, bytes
+ * outside 0x20..0x7e replaced by '?', "..." when truncated. A hostile
+ * string must not inject newlines into a one-line error. Returns buf. */
+const char *st_gguf_str_printable(st_str_t s, char *buf, size_t n);
+
 #endif /* ST_GGUF_H */
