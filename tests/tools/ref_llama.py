@@ -67,6 +67,12 @@ class RefModel:
         self.n_vocab = self.tok_embd.shape[0]
         self.output = self.w("output.weight") if "output.weight" in self._tensors else self.tok_embd
 
+    def qtype(self, name) -> str:
+        """GGML type name of a weight; None means the output head."""
+        if name is None:
+            name = "output.weight" if "output.weight" in self._tensors else "token_embd.weight"
+        return self._tensors[name].tensor_type.name
+
     # metadata helpers
     def _get(self, key):
         f = self._fields.get(key)
@@ -129,7 +135,29 @@ def _mm(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return x @ w.T
 
 
-def forward(m: RefModel, tokens: list[int]) -> np.ndarray:
+QUANTIZED = {"Q4_0", "Q4_1", "Q8_0", "Q6_K"}
+
+
+def _q8(x: np.ndarray) -> np.ndarray:
+    """Activation rows rounded as an 8-bit block quantizer does (blocks of 32,
+    scale max|x|/127, round half away from zero): used to measure the error
+    that quantizing activations alone introduces."""
+    n, cols = x.shape
+    b = x.reshape(n, cols // 32, 32)
+    d = np.abs(b).max(axis=-1, keepdims=True) / 127.0
+    safe = np.where(d == 0, 1.0, d)
+    q = np.sign(b / safe) * np.floor(np.abs(b / safe) + 0.5)
+    return (q * d).reshape(n, cols)
+
+
+def forward(m: RefModel, tokens: list[int], act_q8: bool = False) -> np.ndarray:
+    """float64 forward pass; with act_q8, activations entering a product with a
+    quantized weight are first rounded to 8 bits (see _q8)."""
+    def mm(x, name):
+        if act_q8 and m.qtype(name) in QUANTIZED:
+            x = _q8(x)
+        return _mm(x, m.output if name is None else m.w(name))
+
     ids = np.asarray(tokens, dtype=np.int64)
     if ids.ndim != 1 or len(ids) == 0:
         raise ValueError("need at least one token id")
@@ -144,27 +172,27 @@ def forward(m: RefModel, tokens: list[int]) -> np.ndarray:
     for i in range(m.n_layer):
         p = f"blk.{i}."
         h = _rmsnorm(x, m.w(p + "attn_norm.weight"), m.eps)
-        q = _rope(_mm(h, m.w(p + "attn_q.weight")).reshape(n, nh, hd), pos, m)
-        k = _rope(_mm(h, m.w(p + "attn_k.weight")).reshape(n, nkv, hd), pos, m)
-        v = _mm(h, m.w(p + "attn_v.weight")).reshape(n, nkv, hd)
+        q = _rope(mm(h, p + "attn_q.weight").reshape(n, nh, hd), pos, m)
+        k = _rope(mm(h, p + "attn_k.weight").reshape(n, nkv, hd), pos, m)
+        v = mm(h, p + "attn_v.weight").reshape(n, nkv, hd)
         k = np.repeat(k, group, axis=1)                      # [n, nh, hd]
         v = np.repeat(v, group, axis=1)
         s = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd) + mask
         s = np.exp(s - s.max(axis=-1, keepdims=True))
         s /= s.sum(axis=-1, keepdims=True)
         att = np.einsum("hqk,khd->qhd", s, v).reshape(n, nh * hd)
-        x = x + _mm(att, m.w(p + "attn_output.weight"))
+        x = x + mm(att, p + "attn_output.weight")
         h = _rmsnorm(x, m.w(p + "ffn_norm.weight"), m.eps)
-        g = _mm(h, m.w(p + "ffn_gate.weight"))
-        u = _mm(h, m.w(p + "ffn_up.weight"))
-        x = x + _mm(g / (1.0 + np.exp(-g)) * u, m.w(p + "ffn_down.weight"))
+        g = mm(h, p + "ffn_gate.weight")
+        u = mm(h, p + "ffn_up.weight")
+        x = x + mm(g / (1.0 + np.exp(-g)) * u, p + "ffn_down.weight")
     x = _rmsnorm(x, m.w("output_norm.weight"), m.eps)
-    return _mm(x, m.output)
+    return mm(x, None)
 
 
-def logits(path: str, token_ids) -> np.ndarray:
+def logits(path: str, token_ids, act_q8: bool = False) -> np.ndarray:
     """float64 logits [n_tokens, n_vocab] for every position."""
-    return forward(load(path), list(token_ids))
+    return forward(load(path), list(token_ids), act_q8)
 
 
 def greedy(path: str, token_ids, n_new: int) -> list[int]:

@@ -1,0 +1,770 @@
+/*
+ * engine.c - request admission and the continuous-batching scheduler
+ * (see st_engine.h).
+ *
+ * Threads: callers submit and cancel under `lock`; one scheduler thread owns
+ * the sequences, builds micro-batches, drives the pipeline and calls the
+ * request callbacks. Sequence state is touched only by the scheduler.
+ */
+#include "st_engine.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "st_log.h"
+#include "st_model.h"
+#include "st_util.h"
+#include "text_stream.h"
+
+typedef struct req {
+    uint64_t     id;
+    st_gen_cb_t  cb;
+    void        *user;
+    int32_t     *prompt;
+    uint32_t     n_prompt;
+    uint32_t     max_tokens;
+    st_sampler_params_t sampling;
+    st_stop_set_t stops;
+    int          ignore_eos;
+    uint64_t     t_submit, t_admit, t_first;
+    atomic_int   cancelled;
+    struct req  *next;            /* queue link */
+    struct req  *live_next;       /* all unfinished requests (for cancel) */
+} req_t;
+
+typedef struct seq {
+    req_t        *r;              /* NULL: slot free */
+    uint32_t      n_fed;          /* prompt tokens sent to the pipeline */
+    uint32_t      n_gen;
+    uint32_t      pos;            /* next position to fill */
+    int32_t       next_tok;
+    int           inflight;
+    st_text_stream_t ts;
+} seq_t;
+
+typedef struct mb_rec {
+    uint64_t  id;
+    int       used;
+    uint32_t  n_seqs;
+    uint32_t *seqs;               /* sequences in this micro-batch */
+    uint32_t  n_want;
+    uint32_t *want_seq;           /* sequence of each wanted row, in order */
+} mb_rec_t;
+
+struct st_engine {
+    st_engine_params_t  p;
+    st_model_t         *model;
+    st_tokenizer_t     *tok;
+    st_chat_template_t  chat;
+    st_pipeline_t       pipe;
+    st_pipeline_info_t  info;
+    char                name[128];
+
+    pthread_mutex_t     lock;
+    pthread_cond_t      cond;       /* work arrived / state changed */
+    pthread_t           thread;
+    int                 thread_started;
+    int                 stopping;
+    int                 closing;    /* draining: refuse new requests */
+    req_t              *q_head, *q_tail;
+    uint32_t            q_len;
+    req_t              *live;
+    uint64_t            next_id;
+    uint32_t            running;
+    st_engine_stats_t   stats;
+
+    /* scheduler-owned */
+    seq_t              *seqs;
+    mb_rec_t           *recs;
+    uint32_t            n_inflight;
+    uint64_t            next_mb;
+    uint32_t            rr;         /* round-robin start */
+    int32_t            *b_tok, *b_pos, *b_slot;
+    uint8_t            *b_want;
+};
+
+st_engine_params_t st_engine_default_params(void)
+{
+    st_engine_params_t p;
+    memset(&p, 0, sizeof(p));
+    p.size = sizeof(p);
+    p.n_ctx = 2048;
+    p.n_slots = 4;
+    p.max_batch = 256;
+    p.prefill_chunk = 128;
+    p.max_queue = 1000;
+    p.backend = "cpu";
+    return p;
+}
+
+st_gen_request_t st_gen_request_default(void)
+{
+    st_gen_request_t r;
+    memset(&r, 0, sizeof(r));
+    r.size = sizeof(r);
+    r.max_tokens = 128;
+    r.sampling = st_sampler_default_params();
+    return r;
+}
+
+/* ---- request preparation (caller's thread) ---- */
+
+static st_status_t render_and_tokenize(st_engine_t *e, const st_gen_request_t *r,
+                                       int32_t **ids_out, uint32_t *n_out, st_error_t *err)
+{
+    const char *text = r->prompt;
+    char *rendered = NULL;
+    size_t len, cap, n = 0;
+    int32_t *ids = NULL;
+    st_status_t st = ST_OK;
+
+    if (r->messages && r->n_messages) {
+        size_t need = st_chat_render(&e->chat, r->messages, r->n_messages, 1, NULL, 0, &st);
+        rendered = malloc(need + 1);
+        if (!rendered)
+            return st_error_set(err, ST_ERR_NOMEM, "out of memory rendering the chat");
+        st_chat_render(&e->chat, r->messages, r->n_messages, 1, rendered, need + 1, &st);
+        if (st != ST_OK) {
+            free(rendered);
+            return st_error_set(err, st, "cannot render the chat template");
+        }
+        text = rendered;
+    } else if (!text) {
+        return st_error_set(err, ST_ERR_INVALID, "request has neither prompt nor messages");
+    }
+    len = strlen(text);
+    /* A token covers at least one byte, plus BOS. */
+    cap = len + 2;
+    ids = malloc(cap * sizeof(int32_t));
+    if (!ids) {
+        st = st_error_set(err, ST_ERR_NOMEM, "out of memory tokenizing the prompt");
+        goto out;
+    }
+    /* A rendered chat already holds the BOS text where its family wants it. */
+    st = st_tokenizer_encode(e->tok, text, len,
+                             ST_TOK_PARSE_SPECIAL | (rendered ? 0u : (unsigned)ST_TOK_ADD_BOS),
+                             ids, cap, &n);
+    if (st != ST_OK) {
+        st_error_set(err, st, "cannot tokenize the prompt: %s", st_status_str(st));
+        goto out;
+    }
+    if (n == 0) {
+        st = st_error_set(err, ST_ERR_INVALID, "prompt is empty");
+        goto out;
+    }
+    *ids_out = ids;
+    *n_out = (uint32_t)n;
+    ids = NULL;
+out:
+    free(ids);
+    free(rendered);
+    return st;
+}
+
+st_status_t st_engine_count_prompt(st_engine_t *e, const st_gen_request_t *r, uint32_t *n,
+                                   st_error_t *err)
+{
+    int32_t *ids = NULL;
+    st_status_t st = render_and_tokenize(e, r, &ids, n, err);
+    if (st == ST_OK)
+        free(ids);
+    return st;
+}
+
+static void req_free(req_t *r)
+{
+    if (!r)
+        return;
+    st_stop_set_free(&r->stops);
+    free(r->prompt);
+    free(r);
+}
+
+st_status_t st_engine_submit(st_engine_t *e, const st_gen_request_t *gr, st_gen_cb_t cb,
+                             void *user, uint64_t *id, st_error_t *err)
+{
+    const char *bad = NULL;
+    req_t *r;
+    st_status_t st;
+
+    if (!gr || gr->size < sizeof(*gr) || !cb)
+        return st_error_set(err, ST_ERR_INVALID, "invalid request");
+    if (gr->max_tokens < 1)
+        return st_error_set(err, ST_ERR_RANGE, "max_tokens must be at least 1");
+    if (st_sampler_check_params(&gr->sampling, &bad) != ST_OK)
+        return st_error_set(err, ST_ERR_RANGE, "%s is out of range", bad ? bad : "sampling");
+    r = calloc(1, sizeof(*r));
+    if (!r)
+        return st_error_set(err, ST_ERR_NOMEM, "out of memory");
+    st = render_and_tokenize(e, gr, &r->prompt, &r->n_prompt, err);
+    if (st != ST_OK)
+        goto err_req;
+    if ((uint64_t)r->n_prompt + gr->max_tokens > e->p.n_ctx) {
+        st = st_error_set(err, ST_ERR_RANGE,
+                          "prompt has %u tokens and max_tokens is %u: together beyond the "
+                          "context of %u tokens", r->n_prompt, gr->max_tokens, e->p.n_ctx);
+        goto err_req;
+    }
+    st = st_stop_set_init(&r->stops, gr->stop, ST_GEN_MAX_STOP);
+    if (st != ST_OK) {
+        st_error_set(err, st, "invalid stop strings");
+        goto err_req;
+    }
+    r->cb = cb;
+    r->user = user;
+    r->max_tokens = gr->max_tokens;
+    r->sampling = gr->sampling;
+    r->ignore_eos = gr->ignore_eos;
+    r->t_submit = st_now_ns();
+
+    pthread_mutex_lock(&e->lock);
+    if (e->closing || e->stopping) {
+        pthread_mutex_unlock(&e->lock);
+        st = st_error_set(err, ST_ERR_CLOSED, "server is shutting down");
+        goto err_req;
+    }
+    if (e->q_len >= e->p.max_queue) {
+        pthread_mutex_unlock(&e->lock);
+        st = st_error_set(err, ST_ERR_BUSY, "request queue is full (%u waiting)", e->p.max_queue);
+        goto err_req;
+    }
+    r->id = ++e->next_id;
+    if (e->q_tail)
+        e->q_tail->next = r;
+    else
+        e->q_head = r;
+    e->q_tail = r;
+    e->q_len++;
+    r->live_next = e->live;
+    e->live = r;
+    if (id)
+        *id = r->id;
+    pthread_cond_broadcast(&e->cond);
+    pthread_mutex_unlock(&e->lock);
+    return ST_OK;
+
+err_req:
+    req_free(r);
+    return st;
+}
+
+void st_engine_cancel(st_engine_t *e, uint64_t id)
+{
+    pthread_mutex_lock(&e->lock);
+    for (req_t *r = e->live; r; r = r->live_next)
+        if (r->id == id) {
+            atomic_store(&r->cancelled, 1);
+            break;
+        }
+    pthread_cond_broadcast(&e->cond);
+    pthread_mutex_unlock(&e->lock);
+}
+
+/* ---- scheduler (engine thread) ---- */
+
+static void emit_text(req_t *r, const char *text, size_t len, int32_t tok)
+{
+    st_gen_event_t ev;
+    memset(&ev, 0, sizeof(ev));
+    ev.type = ST_GEN_TOKEN;
+    ev.request_id = r->id;
+    ev.text = text;
+    ev.len = len;
+    ev.token_id = tok;
+    r->cb(r->user, &ev);
+}
+
+static void live_unlink(st_engine_t *e, req_t *r)
+{
+    for (req_t **pp = &e->live; *pp; pp = &(*pp)->live_next)
+        if (*pp == r) {
+            *pp = r->live_next;
+            break;
+        }
+}
+
+/* Ends a request: last text, DONE event, statistics, frees it. */
+static void finish_req(st_engine_t *e, req_t *r, st_text_stream_t *ts, uint32_t n_gen,
+                       const char *reason, st_status_t status, const char *error)
+{
+    st_gen_event_t ev;
+    uint64_t now = st_now_ns();
+
+    if (ts && status == ST_OK && strcmp(reason, "cancelled") != 0) {
+        size_t len;
+        const char *rest = st_text_stream_finish(ts, &len);
+        if (len)
+            emit_text(r, rest, len, -1);
+    }
+    memset(&ev, 0, sizeof(ev));
+    ev.type = ST_GEN_DONE;
+    ev.request_id = r->id;
+    ev.finish_reason = reason;
+    ev.status = status;
+    ev.error = error;
+    ev.prompt_tokens = r->n_prompt;
+    ev.completion_tokens = n_gen;
+    ev.queued_ns = r->t_admit ? r->t_admit - r->t_submit : now - r->t_submit;
+    ev.ttft_ns = r->t_first ? r->t_first - r->t_submit : 0;
+    ev.total_ns = now - r->t_submit;
+    r->cb(r->user, &ev);
+
+    pthread_mutex_lock(&e->lock);
+    live_unlink(e, r);
+    e->stats.requests_done++;
+    e->stats.prompt_tokens += r->n_prompt;
+    e->stats.completion_tokens += n_gen;
+    pthread_cond_broadcast(&e->cond);
+    pthread_mutex_unlock(&e->lock);
+    req_free(r);
+}
+
+static void seq_finish(st_engine_t *e, seq_t *s, const char *reason, st_status_t status,
+                       const char *error)
+{
+    req_t *r = s->r;
+    s->r = NULL;
+    finish_req(e, r, &s->ts, s->n_gen, reason, status, error);
+    st_text_stream_free(&s->ts);
+    pthread_mutex_lock(&e->lock);
+    e->running--;
+    pthread_mutex_unlock(&e->lock);
+}
+
+/* Moves queued requests into free slots; ends queued cancelled ones. */
+static void admit(st_engine_t *e)
+{
+    for (uint32_t i = 0; i < e->p.n_slots; i++) {
+        seq_t *s = &e->seqs[i];
+        st_error_t err;
+        req_t *r;
+
+        if (s->r)
+            continue;
+        pthread_mutex_lock(&e->lock);
+        r = e->q_head;
+        if (r) {
+            e->q_head = r->next;
+            if (!e->q_head)
+                e->q_tail = NULL;
+            e->q_len--;
+            e->running++;
+        }
+        pthread_mutex_unlock(&e->lock);
+        if (!r)
+            return;
+        r->t_admit = st_now_ns();
+        memset(s, 0, sizeof(*s));
+        s->r = r;
+        if (atomic_load(&r->cancelled)) {
+            seq_finish(e, s, "cancelled", ST_OK, NULL);
+            continue;
+        }
+        st_error_clear(&err);
+        if (st_text_stream_init(&s->ts, e->tok, &r->stops, r->max_tokens) != ST_OK) {
+            seq_finish(e, s, "error", ST_ERR_NOMEM, "out of memory");
+            continue;
+        }
+        if (e->pipe.ops->slot_setup(e->pipe.ctx, i, &r->sampling, r->prompt, r->n_prompt,
+                                    &err) != ST_OK) {
+            seq_finish(e, s, "error", ST_ERR_BACKEND, err.msg);
+            continue;
+        }
+    }
+}
+
+static mb_rec_t *free_rec(st_engine_t *e)
+{
+    for (uint32_t i = 0; i < e->info.depth; i++)
+        if (!e->recs[i].used)
+            return &e->recs[i];
+    return NULL;
+}
+
+/* Builds and submits one micro-batch from ready sequences. Returns 1 when
+ * one was submitted. */
+static int submit_one(st_engine_t *e)
+{
+    uint32_t active = 0, cap_seqs, n = 0, n_seq = 0;
+    mb_rec_t *rec = free_rec(e);
+    st_microbatch_t mb;
+    st_error_t err;
+
+    if (!rec)
+        return 0;
+    for (uint32_t i = 0; i < e->p.n_slots; i++)
+        active += e->seqs[i].r != NULL;
+    if (active == 0)
+        return 0;
+    /* Spread sequences over the pipeline's depth so every stage has work. */
+    cap_seqs = (active + e->info.depth - 1) / e->info.depth;
+    rec->n_want = 0;
+    for (uint32_t k = 0; k < e->p.n_slots && n < e->p.max_batch && n_seq < cap_seqs; k++) {
+        uint32_t i = (e->rr + k) % e->p.n_slots;
+        seq_t *s = &e->seqs[i];
+        req_t *r = s->r;
+        uint32_t take;
+        if (!r || s->inflight)
+            continue;
+        if (atomic_load(&r->cancelled)) {
+            seq_finish(e, s, "cancelled", ST_OK, NULL);
+            continue;
+        }
+        if (s->n_fed < r->n_prompt) {
+            take = ST_MIN(r->n_prompt - s->n_fed, e->p.prefill_chunk);
+            take = ST_MIN(take, e->p.max_batch - n);
+            for (uint32_t t = 0; t < take; t++) {
+                e->b_tok[n] = r->prompt[s->n_fed + t];
+                e->b_pos[n] = (int32_t)(s->pos + t);
+                e->b_slot[n] = (int32_t)i;
+                e->b_want[n] = 0;
+                n++;
+            }
+            s->n_fed += take;
+            s->pos += take;
+            if (s->n_fed == r->n_prompt) {
+                e->b_want[n - 1] = 1;
+                rec->want_seq[rec->n_want++] = i;
+            }
+        } else {
+            e->b_tok[n] = s->next_tok;
+            e->b_pos[n] = (int32_t)s->pos;
+            e->b_slot[n] = (int32_t)i;
+            e->b_want[n] = 1;
+            rec->want_seq[rec->n_want++] = i;
+            n++;
+            s->pos++;
+        }
+        s->inflight = 1;
+        rec->seqs[n_seq++] = i;
+    }
+    e->rr = (e->rr + 1) % e->p.n_slots;
+    if (n == 0)
+        return 0;
+    rec->n_seqs = n_seq;
+    rec->id = ++e->next_mb;
+    rec->used = 1;
+    memset(&mb, 0, sizeof(mb));
+    mb.id = rec->id;
+    mb.n = n;
+    mb.tokens = e->b_tok;
+    mb.pos = e->b_pos;
+    mb.slot = e->b_slot;
+    mb.want = e->b_want;
+    st_error_clear(&err);
+    if (e->pipe.ops->submit(e->pipe.ctx, &mb, &err) != ST_OK) {
+        st_error("engine", "pipeline refused a micro-batch: %s", err.msg);
+        rec->used = 0;
+        for (uint32_t j = 0; j < n_seq; j++) {
+            seq_t *s = &e->seqs[rec->seqs[j]];
+            s->inflight = 0;
+            seq_finish(e, s, "error", ST_ERR_BACKEND, err.msg[0] ? err.msg : "pipeline error");
+        }
+        return 0;
+    }
+    e->n_inflight++;
+    return 1;
+}
+
+static void on_token(st_engine_t *e, seq_t *s, int32_t tok)
+{
+    req_t *r = s->r;
+    const char *text;
+    size_t len;
+    int stopped;
+
+    if (s->n_gen == 0)
+        r->t_first = st_now_ns();
+    if (atomic_load(&r->cancelled)) {
+        seq_finish(e, s, "cancelled", ST_OK, NULL);
+        return;
+    }
+    if (!r->ignore_eos && st_tokenizer_is_eog(e->tok, tok)) {
+        seq_finish(e, s, "stop", ST_OK, NULL);
+        return;
+    }
+    s->n_gen++;
+    stopped = st_text_stream_push(&s->ts, tok, &text, &len);
+    if (len || !stopped)
+        emit_text(r, text, len, tok);
+    if (stopped)
+        seq_finish(e, s, "stop", ST_OK, NULL);
+    else if (s->n_gen >= r->max_tokens || s->pos >= e->p.n_ctx)
+        seq_finish(e, s, "length", ST_OK, NULL);
+    else
+        s->next_tok = tok;
+}
+
+static void complete(st_engine_t *e, const st_pipeline_result_t *res, const char *errmsg)
+{
+    mb_rec_t *rec = NULL;
+    for (uint32_t i = 0; i < e->info.depth; i++)
+        if (e->recs[i].used && e->recs[i].id == res->id)
+            rec = &e->recs[i];
+    if (!rec) {
+        st_error("engine", "pipeline returned unknown micro-batch %llu",
+                 (unsigned long long)res->id);
+        return;
+    }
+    rec->used = 0;
+    e->n_inflight--;
+    for (uint32_t j = 0; j < rec->n_seqs; j++)
+        e->seqs[rec->seqs[j]].inflight = 0;
+    if (res->status != ST_OK || res->n_ids != rec->n_want) {
+        for (uint32_t j = 0; j < rec->n_seqs; j++) {
+            seq_t *s = &e->seqs[rec->seqs[j]];
+            if (s->r)
+                seq_finish(e, s, "error", res->status != ST_OK ? res->status : ST_ERR_INTERNAL,
+                           errmsg && *errmsg ? errmsg : "pipeline step failed");
+        }
+        return;
+    }
+    for (uint32_t j = 0; j < rec->n_want; j++) {
+        seq_t *s = &e->seqs[rec->want_seq[j]];
+        if (s->r)
+            on_token(e, s, res->ids[j]);
+    }
+}
+
+static void *scheduler(void *arg)
+{
+    st_engine_t *e = arg;
+
+    for (;;) {
+        st_pipeline_result_t res;
+        st_error_t err;
+        uint64_t t0;
+
+        pthread_mutex_lock(&e->lock);
+        while (!e->stopping && !e->q_head && e->running == 0)
+            pthread_cond_wait(&e->cond, &e->lock);
+        if (e->stopping) {
+            pthread_mutex_unlock(&e->lock);
+            break;
+        }
+        pthread_mutex_unlock(&e->lock);
+
+        admit(e);
+        while (e->n_inflight < e->info.depth && submit_one(e))
+            ;
+        if (e->n_inflight == 0)
+            continue;
+        t0 = st_now_ns();
+        st_error_clear(&err);
+        if (e->pipe.ops->poll(e->pipe.ctx, 100, &res, &err) == ST_OK) {
+            complete(e, &res, err.msg);
+            pthread_mutex_lock(&e->lock);
+            e->stats.steps++;
+            e->stats.step_ns_total += st_now_ns() - t0;
+            pthread_mutex_unlock(&e->lock);
+        }
+    }
+    /* Shutdown: every request still held ends as cancelled. */
+    for (uint32_t i = 0; i < e->p.n_slots; i++)
+        if (e->seqs[i].r)
+            seq_finish(e, &e->seqs[i], "cancelled", ST_OK, NULL);
+    for (;;) {
+        req_t *r;
+        pthread_mutex_lock(&e->lock);
+        r = e->q_head;
+        if (r) {
+            e->q_head = r->next;
+            e->q_len--;
+        }
+        pthread_mutex_unlock(&e->lock);
+        if (!r)
+            break;
+        finish_req(e, r, NULL, 0, "cancelled", ST_OK, NULL);
+    }
+    return NULL;
+}
+
+static void progress_cb(void *ctx, uint64_t done, uint64_t total)
+{
+    (void)ctx;
+    fprintf(stderr, "\rloading model: %6.1f / %6.1f MB", (double)done / 1e6, (double)total / 1e6);
+    if (done == total)
+        fputc('\n', stderr);
+}
+
+st_status_t st_engine_create(const st_engine_params_t *params, st_engine_t **out, st_error_t *err)
+{
+    st_engine_t *e;
+    st_status_t st;
+    uint32_t depth;
+
+    if (!params || params->size < sizeof(*params) || !params->model_path) {
+        st = st_error_set(err, ST_ERR_INVALID, "engine: missing parameters or model path");
+        goto err_pipe;
+    }
+    if (params->n_slots == 0 || params->max_batch == 0 || params->prefill_chunk == 0 ||
+        params->n_ctx == 0) {
+        st = st_error_set(err, ST_ERR_RANGE, "engine: n_ctx, n_slots, max_batch and "
+                          "prefill_chunk must be positive");
+        goto err_pipe;
+    }
+    e = calloc(1, sizeof(*e));
+    if (!e) {
+        st = st_error_set(err, ST_ERR_NOMEM, "engine: out of memory");
+        goto err_pipe;
+    }
+    e->p = *params;
+    e->p.max_batch = ST_MAX(e->p.max_batch, e->p.n_slots);
+    pthread_mutex_init(&e->lock, NULL);
+    pthread_cond_init(&e->cond, NULL);
+
+    st = st_model_open(params->model_path, NULL, &e->model, err);
+    if (st != ST_OK)
+        goto err_free;
+    if (e->p.n_ctx > st_model_hparams(e->model)->n_ctx_train && st_model_hparams(e->model)->n_ctx_train)
+        st_warn("engine", "context %u is beyond the %u tokens the model was trained with",
+                e->p.n_ctx, st_model_hparams(e->model)->n_ctx_train);
+    st = st_tokenizer_create(st_model_gguf(e->model), &e->tok, err);
+    if (st != ST_OK)
+        goto err_model;
+    st_chat_detect(st_model_gguf(e->model), &e->chat);
+    if (e->chat.fallback)
+        st_warn("engine", "chat template not recognised; using ChatML");
+    snprintf(e->name, sizeof(e->name), "%s", st_model_name(e->model));
+
+    if (params->pipeline) {
+        e->pipe = *params->pipeline;
+        params = NULL;   /* owned by e from here: destroyed on the ladder below */
+    } else {
+        if (params->prefetch_progress)
+            st_model_prefetch(e->model, 0, st_model_hparams(e->model)->n_layer, 3, progress_cb, NULL);
+        st = st_pipeline_local_create(e->model, e->p.n_ctx, e->p.n_slots, e->p.max_batch,
+                                      params->backend, params->n_threads, &e->pipe, err);
+        if (st != ST_OK)
+            goto err_tok;
+    }
+    e->pipe.ops->info(e->pipe.ctx, &e->info);
+    depth = ST_MAX(e->info.depth, 1u);
+    e->info.depth = depth;
+    if (e->info.max_batch && e->p.max_batch > e->info.max_batch)
+        e->p.max_batch = e->info.max_batch;
+
+    e->seqs = calloc(e->p.n_slots, sizeof(seq_t));
+    e->recs = calloc(depth, sizeof(mb_rec_t));
+    e->b_tok = calloc(e->p.max_batch, sizeof(int32_t));
+    e->b_pos = calloc(e->p.max_batch, sizeof(int32_t));
+    e->b_slot = calloc(e->p.max_batch, sizeof(int32_t));
+    e->b_want = calloc(e->p.max_batch, 1);
+    if (!e->seqs || !e->recs || !e->b_tok || !e->b_pos || !e->b_slot || !e->b_want) {
+        st = st_error_set(err, ST_ERR_NOMEM, "engine: out of memory");
+        goto err_bufs;
+    }
+    for (uint32_t i = 0; i < depth; i++) {
+        e->recs[i].seqs = calloc(e->p.n_slots, sizeof(uint32_t));
+        e->recs[i].want_seq = calloc(e->p.n_slots, sizeof(uint32_t));
+        if (!e->recs[i].seqs || !e->recs[i].want_seq) {
+            st = st_error_set(err, ST_ERR_NOMEM, "engine: out of memory");
+            goto err_bufs;
+        }
+    }
+    e->stats.n_slots = e->p.n_slots;
+    if (pthread_create(&e->thread, NULL, scheduler, e) != 0) {
+        st = st_error_set(err, ST_ERR_NOMEM, "engine: cannot start the scheduler thread");
+        goto err_bufs;
+    }
+    e->thread_started = 1;
+    *out = e;
+    return ST_OK;
+
+err_bufs:
+    for (uint32_t i = 0; e->recs && i < depth; i++) {
+        free(e->recs[i].seqs);
+        free(e->recs[i].want_seq);
+    }
+    free(e->recs); free(e->seqs);
+    free(e->b_tok); free(e->b_pos); free(e->b_slot); free(e->b_want);
+    e->pipe.ops->destroy(e->pipe.ctx);
+err_tok:
+    st_tokenizer_free(e->tok);
+err_model:
+    st_model_close(e->model);
+err_free:
+    pthread_cond_destroy(&e->cond);
+    pthread_mutex_destroy(&e->lock);
+    free(e);
+err_pipe:
+    /* A pipeline handed in is owned by the engine even when creation fails
+     * before it was taken over, so callers never destroy it themselves. */
+    if (params && params->size >= sizeof(*params) && params->pipeline)
+        params->pipeline->ops->destroy(params->pipeline->ctx);
+    return st;
+}
+
+void st_engine_free(st_engine_t *e)
+{
+    if (!e)
+        return;
+    if (e->thread_started) {
+        pthread_mutex_lock(&e->lock);
+        e->stopping = 1;
+        pthread_cond_broadcast(&e->cond);
+        pthread_mutex_unlock(&e->lock);
+        pthread_join(e->thread, NULL);
+    }
+    /* Drain what the pipeline still holds before destroying it. */
+    for (uint32_t i = 0; i < e->info.depth; i++) {
+        free(e->recs[i].seqs);
+        free(e->recs[i].want_seq);
+    }
+    for (uint32_t i = 0; i < e->p.n_slots; i++)
+        st_text_stream_free(&e->seqs[i].ts);
+    free(e->recs); free(e->seqs);
+    free(e->b_tok); free(e->b_pos); free(e->b_slot); free(e->b_want);
+    e->pipe.ops->destroy(e->pipe.ctx);
+    st_tokenizer_free(e->tok);
+    st_model_close(e->model);
+    pthread_cond_destroy(&e->cond);
+    pthread_mutex_destroy(&e->lock);
+    free(e);
+}
+
+st_status_t st_engine_drain(st_engine_t *e, int timeout_ms)
+{
+    uint64_t deadline = st_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+    st_status_t st = ST_OK;
+
+    pthread_mutex_lock(&e->lock);
+    e->closing = 1;
+    while (e->q_len || e->running) {
+        struct timespec ts;
+        uint64_t now = st_now_ns();
+        if (now >= deadline) {
+            st = ST_ERR_TIMEOUT;
+            break;
+        }
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 50 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&e->cond, &e->lock, &ts);
+    }
+    pthread_mutex_unlock(&e->lock);
+    return st;
+}
+
+void st_engine_stats(st_engine_t *e, st_engine_stats_t *out)
+{
+    st_pipeline_info_t info;
+    pthread_mutex_lock(&e->lock);
+    *out = e->stats;
+    out->queued = e->q_len;
+    out->running = e->running;
+    pthread_mutex_unlock(&e->lock);
+    e->pipe.ops->info(e->pipe.ctx, &info);
+    out->healthy = info.healthy;
+    memcpy(out->detail, info.detail, sizeof(out->detail));
+}
+
+const st_tokenizer_t *st_engine_tokenizer(const st_engine_t *e) { return e->tok; }
+const char *st_engine_model_name(const st_engine_t *e) { return e->name; }
+uint32_t st_engine_n_ctx(const st_engine_t *e) { return e->p.n_ctx; }

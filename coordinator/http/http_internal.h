@@ -1,0 +1,193 @@
+/*
+ * http_internal.h - the pieces of the front door that do not touch the
+ * network, each testable alone (tests/coordinator/test_http_*.c):
+ *   - st_http_gen_parse: a request body -> an st_gen_request_t, validated;
+ *   - st_http_json_*: OpenAI-shaped responses, stream chunks and errors;
+ *   - st_http_bucket_*: the per-key token bucket;
+ *   - st_http_audit_*: the audit log (JSON lines, fdatasync, rotation);
+ *   - st_http_metrics_*: counters and histograms, Prometheus rendering.
+ * Internal to coordinator/http/.
+ */
+#ifndef ST_HTTP_INTERNAL_H
+#define ST_HTTP_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "st_engine.h"
+#include "st_error.h"
+#include "st_http.h"
+#include "st_status.h"
+
+/* ---- request parsing ---- */
+
+typedef enum st_http_api {
+    ST_HTTP_API_COMPLETIONS = 0,   /* POST /v1/completions */
+    ST_HTTP_API_CHAT,              /* POST /v1/chat/completions */
+    ST_HTTP_API_GENERATE           /* POST /generate */
+} st_http_api_t;
+
+#define ST_HTTP_MAX_N 16           /* hard cap of cfg->max_n */
+#define ST_HTTP_MAX_MSGS 256
+#define ST_HTTP_MAX_STOPS 4        /* as OpenAI */
+
+typedef struct st_http_gen {
+    st_http_api_t    api;
+    json_t          *root;         /* owns the strings below */
+    const char      *model;        /* NULL when absent */
+    st_gen_request_t req;          /* prompt/messages/stop point into root or msgs */
+    st_chat_msg_t   *msgs;
+    char           **owned;        /* contents joined from parts */
+    size_t           n_owned;
+    uint32_t         n;            /* choices */
+    int              stream;
+    int              include_usage;
+    int              has_seed;
+} st_http_gen_t;
+
+typedef struct st_http_parse_limits {
+    uint32_t max_n;
+    uint32_t default_max_tokens;   /* chat and /generate */
+} st_http_parse_limits_t;
+
+/* Parses and validates a body. On error: err names the problem, param (cap
+ * 64) the offending field ("" when none) and the status is ST_ERR_FORMAT
+ * (malformed JSON or UTF-8), ST_ERR_TYPE (wrong type) or ST_ERR_RANGE
+ * (a value out of range): all are HTTP 400. g is always safe to free. */
+st_status_t st_http_gen_parse(st_http_gen_t *g, st_http_api_t api, const char *body, size_t len,
+                              const st_http_parse_limits_t *lim, char *param, st_error_t *err);
+void        st_http_gen_free(st_http_gen_t *g);
+
+/* ---- JSON out ---- */
+
+/* Appends `s` as a JSON string literal (quotes included). */
+typedef struct st_http_buf {
+    char  *p;
+    size_t len, cap;
+    int    oom;                    /* sticky: an append failed */
+} st_http_buf_t;
+
+void st_http_buf_put(st_http_buf_t *b, const char *s, size_t n);
+void st_http_buf_puts(st_http_buf_t *b, const char *s);
+void st_http_buf_printf(st_http_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void st_http_buf_json_str(st_http_buf_t *b, const char *s, size_t n);
+void st_http_buf_free(st_http_buf_t *b);
+
+/* {"error":{"message":..,"type":..,"param":..|null,"code":..|null}} */
+char *st_http_json_error(const char *message, const char *type, const char *param,
+                         const char *code);
+/* OpenAI's type for an HTTP status (invalid_request_error, ...). */
+const char *st_http_error_type(int http_status);
+
+/* ---- token bucket ---- */
+
+typedef struct st_http_bucket {
+    double   tokens;
+    uint64_t last_ns;
+} st_http_bucket_t;
+
+/* Takes one token: 1 when allowed, else 0 with *retry_after_s (>= 1). */
+int st_http_bucket_take(st_http_bucket_t *b, double rate, double burst, uint64_t now_ns,
+                        uint32_t *retry_after_s);
+
+/* ---- audit log ---- */
+
+typedef struct st_http_audit st_http_audit_t;
+
+typedef struct st_http_audit_rec {
+    int64_t     ts_ms;             /* wall clock, ms since the epoch */
+    const char *client_ip;
+    int         client_port;
+    const char *key_id;            /* "" without keys */
+    const char *role;
+    const char *method;
+    const char *endpoint;
+    int         status;
+    const char *prompt_sha256;     /* hex, "" when no prompt */
+    uint32_t    prompt_tokens;
+    uint32_t    completion_tokens;
+    uint64_t    response_bytes;
+    double      latency_ms;
+} st_http_audit_rec_t;
+
+st_status_t st_http_audit_open(const char *path, uint64_t max_bytes, uint32_t keep, int sync,
+                               st_http_audit_t **out, st_error_t *err);
+void        st_http_audit_close(st_http_audit_t *a);
+/* Appends one line (and fdatasyncs it when sync is on); rotates first when
+ * the line would pass max_bytes. */
+st_status_t st_http_audit_write(st_http_audit_t *a, const st_http_audit_rec_t *r);
+/* The last `lines` lines of the current file (caller frees). */
+st_status_t st_http_audit_tail(st_http_audit_t *a, uint32_t lines, char **out, size_t *len);
+/* Formats a record as one JSON line with '\n' (caller frees); for tests. */
+char       *st_http_audit_format(const st_http_audit_rec_t *r, size_t *len);
+
+/* ---- metrics ---- */
+
+typedef enum st_http_ep {
+    ST_HTTP_EP_COMPLETIONS = 0,
+    ST_HTTP_EP_CHAT,
+    ST_HTTP_EP_GENERATE,
+    ST_HTTP_EP_MODELS,
+    ST_HTTP_EP_HEALTH,
+    ST_HTTP_EP_METRICS,
+    ST_HTTP_EP_ADMIN,
+    ST_HTTP_EP_AUDIT,
+    ST_HTTP_EP_OTHER,
+    ST_HTTP_EP_COUNT_
+} st_http_ep_t;
+
+const char *st_http_ep_name(st_http_ep_t ep);
+
+#define ST_HTTP_HIST_MAX 16
+
+typedef struct st_http_hist {
+    uint32_t     n_bounds;
+    const double *bounds;          /* upper bounds in seconds, ascending */
+    uint64_t     counts[ST_HTTP_HIST_MAX + 1];   /* last: +Inf */
+    uint64_t     count;
+    double       sum;
+} st_http_hist_t;
+
+void st_http_hist_init(st_http_hist_t *h, const double *bounds, uint32_t n);
+void st_http_hist_observe(st_http_hist_t *h, double v);
+/* Bucket index of v (n_bounds for +Inf): lets callers count without the
+ * histogram and merge later (st_http_hist_add). */
+uint32_t st_http_hist_bucket(const st_http_hist_t *h, double v);
+void st_http_hist_add(st_http_hist_t *h, const uint64_t *counts, double sum);
+
+/* Touched only on the loop thread. */
+typedef struct st_http_metrics {
+    uint64_t       by_code[ST_HTTP_EP_COUNT_][600]; /* by exact status */
+    st_http_hist_t ttft, itl, e2e, overhead, queue;
+    uint64_t       prompt_tokens, completion_tokens;
+    uint64_t       cancelled;      /* sequences cancelled because the client left */
+    uint64_t       rate_limited;
+    uint64_t       connections_total;
+    int64_t        connections_open;
+    int64_t        requests_active;
+    int64_t        streams_active;
+    uint64_t       audit_errors;
+    uint64_t       request_timeouts;   /* connections closed for a slow request */
+} st_http_metrics_t;
+
+void st_http_metrics_init(st_http_metrics_t *m);
+void st_http_metrics_request(st_http_metrics_t *m, st_http_ep_t ep, int status);
+
+/* What the renderer needs from outside the HTTP layer. */
+typedef struct st_http_metrics_view {
+    const st_engine_stats_t     *engine;    /* may be NULL in tests */
+    const st_http_stage_stats_t *stages;
+    uint32_t                     n_stages;
+    int                          draining;
+} st_http_metrics_view_t;
+
+/* Prometheus text exposition format 0.0.4 (caller frees). */
+char *st_http_metrics_render(const st_http_metrics_t *m, const st_http_metrics_view_t *v,
+                             size_t *len);
+
+/* Lowercase hex SHA-256 of n bytes into out[65]. */
+void st_http_sha256_hex(const void *p, size_t n, char out[65]);
+
+#endif /* ST_HTTP_INTERNAL_H */

@@ -1,0 +1,154 @@
+/*
+ * server_priv.h - the server's state, shared by server.c (connections,
+ * routing, keys, small endpoints, drain) and generate.c (the generation
+ * endpoints and the engine handoff). Internal to coordinator/http/.
+ *
+ * Threads: everything here belongs to the loop thread except the mailbox:
+ * the engine's scheduler thread appends to a choice's `pend` buffer and
+ * queues the choice under `mbox_lock`, then wakes the loop with
+ * event_active(wake). A choice (and its hreq) is freed only by the loop,
+ * after its DONE event has been taken from the mailbox; the engine never
+ * touches it after delivering DONE.
+ */
+#ifndef ST_HTTP_SERVER_PRIV_H
+#define ST_HTTP_SERVER_PRIV_H
+
+#include <pthread.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <openssl/ssl.h>
+
+#include "http_internal.h"
+#include "st_http_keys.h"
+
+#define CONN_BUCKETS 1024
+
+typedef struct hreq hreq_t;
+
+typedef struct conn {
+    struct st_http_server *s;
+    struct bufferevent    *bev;       /* evhttp's; we hold a reference */
+    uint64_t               t_req_ns;  /* first byte of the request being received, 0: none */
+    int                    busy;      /* a request was dispatched and is not answered yet */
+    struct conn           *hnext;
+} conn_t;
+
+/* What every request logs, generation or not. */
+typedef struct rinfo {
+    st_http_ep_t   ep;
+    uint64_t       t0;               /* first byte received (or dispatch) */
+    uint64_t       t_dispatch;
+    char           client_ip[64];
+    int            client_port;
+    const char    *method;
+    char           path[128];
+    char           key_id[ST_HTTP_KEY_ID_MAX];
+    const char    *role;
+    char           prompt_sha[65];
+    uint32_t       prompt_tokens, completion_tokens;
+    uint64_t       engine_ns;        /* time inside the engine (not front-door overhead) */
+    int            tls;
+} rinfo_t;
+
+typedef struct choice {
+    hreq_t    *h;
+    uint32_t   index;
+    uint64_t   engine_id;
+    /* under s->mbox_lock (engine thread writes) */
+    st_http_buf_t pend;
+    int        done;
+    char       finish[16];
+    st_status_t status;
+    char       error[256];
+    uint32_t   prompt_tokens, completion_tokens;
+    uint64_t   queued_ns, ttft_ns, total_ns;
+    uint64_t   last_tok_ns;
+    uint64_t   itl_counts[ST_HTTP_HIST_MAX + 1];
+    double     itl_sum;
+    int        in_mbox;
+    struct choice *mbox_next;
+    /* loop thread only */
+    st_http_buf_t work;              /* pend is swapped in here */
+    st_http_buf_t text;              /* whole text, non-streaming */
+    int        finished;
+    int        role_sent;
+} choice_t;
+
+struct hreq {
+    struct st_http_server *s;
+    struct evhttp_request *req;      /* NULL once the connection is gone */
+    struct evhttp_request *orphan;   /* detached by evhttp on a failed write: ours to free */
+    struct evhttp_connection *evcon;
+    rinfo_t    ri;
+    st_http_api_t api;
+    int        stream, include_usage;
+    uint32_t   n, n_submitted, n_finished;
+    choice_t   ch[ST_HTTP_MAX_N];
+    int        gone;                 /* client disconnected: cancelled */
+    int        replied;              /* an answer (or the stream head) went out */
+    int        failed;               /* replied with an error while choices ran */
+    uint64_t   resp_bytes;
+    uint64_t   peek_gen;             /* wake count of the last disconnect check */
+    char       id[48];
+    int64_t    created;
+    hreq_t    *prev, *next;
+};
+
+typedef struct st_http_server {
+    const st_http_config_t *cfg;
+    st_engine_t           *engine;
+    struct event_base     *base;
+    struct evhttp         *http;
+    struct evhttp_bound_socket *bound;
+    SSL_CTX               *ssl;
+    st_http_keys_t        *keys;
+    st_http_bucket_t      *buckets;   /* one per key, same index */
+    st_http_audit_t       *audit;
+    st_http_metrics_t      metrics;
+    char                   model_name[256];
+    char                   model_file[256];
+    char                   model_stem[256];
+    int64_t                started;
+    uint64_t               next_id;
+    char                   id_prefix[17];
+    uint64_t               rng;
+    int                    port;
+    /* mailbox: engine thread -> loop */
+    pthread_mutex_t        mbox_lock;
+    choice_t              *mbox_head, *mbox_tail;
+    struct event          *wake;
+    uint64_t               wake_gen;
+    struct evbuffer       *chunk;     /* reused for stream chunks */
+    st_http_buf_t          scratch;   /* reused to format chunks */
+    /* requests waiting on the engine */
+    hreq_t                *active;
+    uint32_t               n_active;
+    conn_t                *conns[CONN_BUCKETS];
+    struct event          *tick;      /* housekeeping: slow clients, disconnects, drain */
+    struct event          *sig_term, *sig_int;
+    int                    draining;
+    uint64_t               drain_deadline_ns;
+    int                    cancelled_all;
+} st_http_server_t;
+
+/* server.c */
+void st_http_reply(st_http_server_t *s, struct evhttp_request *req, rinfo_t *ri, int code,
+                   const char *reason, const char *ctype, const char *body, size_t len,
+                   int close_conn);
+void st_http_reply_error(st_http_server_t *s, struct evhttp_request *req, rinfo_t *ri,
+                         int code, const char *msg, const char *param, const char *code_str,
+                         int close_conn);
+void st_http_log_request(st_http_server_t *s, rinfo_t *ri, int code, uint64_t bytes);
+void st_http_common_headers(st_http_server_t *s, struct evhttp_request *req);
+int  st_http_conn_gone(struct evhttp_connection *evcon);
+
+/* generate.c */
+void st_http_handle_generate(st_http_server_t *s, struct evhttp_request *req, rinfo_t *ri,
+                             st_http_api_t api);
+void st_http_on_wake(evutil_socket_t fd, short what, void *arg);
+void st_http_check_disconnects(st_http_server_t *s);
+void st_http_cancel_all(st_http_server_t *s);
+
+#endif /* ST_HTTP_SERVER_PRIV_H */

@@ -1,0 +1,58 @@
+"""Shared fixtures for the integration tests: the strata binary, the real
+model, and small generated models. Tests that need something absent skip
+with the reason."""
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "tools"))
+
+
+def strata_bin() -> str:
+    return os.environ.get("STRATA_BIN", str(ROOT / "build" / "bin" / "strata"))
+
+
+@pytest.fixture(scope="session")
+def strata():
+    b = strata_bin()
+    if not os.path.exists(b):
+        pytest.skip(f"strata binary not built at {b}")
+    return b
+
+
+@pytest.fixture(scope="session")
+def real_model():
+    p = os.environ.get("STRATA_MODEL",
+                       os.path.expanduser("~/.cache/strata/SmolLM2-135M-Instruct.Q4_1.gguf"))
+    if not os.path.exists(p):
+        pytest.skip(f"real model not found at {p} (scripts/fetch-model.sh fetches it)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def model_factory(tmp_path_factory):
+    """Builds small random Llama GGUFs with tests/tools/gen_model.py, cached
+    per option set for the session."""
+    import gen_model
+    cache = {}
+    d = tmp_path_factory.mktemp("models")
+
+    def make(**opts):
+        key = tuple(sorted(opts.items()))
+        if key not in cache:
+            path = d / f"m{len(cache)}.gguf"
+            gen_model.write_model(str(path), **opts)
+            cache[key] = str(path)
+        return cache[key]
+    return make
+
+
+def run(args, **kw):
+    kw.setdefault("capture_output", True)
+    kw.setdefault("text", True)
+    kw.setdefault("timeout", 300)
+    return subprocess.run(args, **kw)
