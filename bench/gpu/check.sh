@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# bench/gpu/check.sh - build, check and benchmark the CUDA backend on a GPU
+# machine that has only CUDA, CMake and ninja (no UCX, hwloc, MPI, OpenSSL,
+# libevent, Python packages or network). Budget: under 8 minutes on one H200.
+#
+#   bench/gpu/check.sh                  # all shapes
+#   SHAPES="small 1b" bench/gpu/check.sh
+#
+# Steps: configure with every optional library off and CUDA on; build the
+# strata binary, the strata-gpu tool and the CUDA unit tests; run those
+# tests (every op against the CPU backend); measure the device's copy
+# bandwidth and a large cuBLAS bf16 GEMM; for each shape (SmolLM2-135M,
+# Llama-3.2-1B, Llama-3-8B, random bf16 weights written here) compare CUDA
+# with CPU logits and greedy tokens, then benchmark prefill and decode at
+# batch 1/8/64. The results table is printed last. Exit status 1 when any
+# check failed (the table is still printed).
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+BUILD=${BUILD:-$ROOT/build-gpu}
+WORK=${WORK:-/tmp/strata-gpu}
+SHAPES=${SHAPES:-"small 1b 8b"}
+JOBS=${JOBS:-$(nproc)}
+T0=$(date +%s)
+FAILED=0
+SUMMARY=()
+ROWS=()
+
+mkdir -p "$WORK"
+log() { echo "[check +$(( $(date +%s) - T0 ))s] $*"; }
+fail() { FAILED=1; SUMMARY+=("FAIL $*"); log "FAIL $*"; }
+pass() { SUMMARY+=("ok   $*"); log "ok $*"; }
+
+command -v nvidia-smi >/dev/null &&
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+command -v nvcc >/dev/null || export PATH=/usr/local/cuda/bin:$PATH
+
+# The top level requires pkg-config even when every package it would look
+# for is switched off; a machine without it gets a stand-in that knows no
+# package.
+PC_ARGS=()
+if ! command -v pkg-config >/dev/null; then
+    mkdir -p "$WORK/bin"
+    printf '#!/bin/sh\ncase "$1" in --version) echo 0.29.2; exit 0;; esac\nexit 1\n' \
+        > "$WORK/bin/pkg-config"
+    chmod +x "$WORK/bin/pkg-config"
+    PC_ARGS=(-DPKG_CONFIG_EXECUTABLE="$WORK/bin/pkg-config")
+fi
+
+log "configure ($BUILD)"
+if ! cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+        -DSTRATA_WITH_UCX=OFF -DSTRATA_WITH_HWLOC=OFF -DSTRATA_WITH_MPI=OFF \
+        -DSTRATA_WITH_OPENSSL=OFF -DSTRATA_WITH_HTTP=OFF -DSTRATA_WITH_CUDA=ON \
+        "${PC_ARGS[@]}" > "$WORK/cmake.log" 2>&1; then
+    tail -30 "$WORK/cmake.log"; echo "check: configure failed"; exit 1
+fi
+log "build (-j$JOBS)"
+if ! ninja -C "$BUILD" -j "$JOBS" strata strata-gpu test_cuda_registry test_cuda_ops \
+        > "$WORK/build.log" 2>&1; then
+    grep -E "error|FAILED" "$WORK/build.log" | head -30; echo "check: build failed"; exit 1
+fi
+BIN=$BUILD/bin
+
+log "unit tests"
+for t in test_cuda_registry test_cuda_ops; do
+    if timeout 120 "$BUILD/tests/kernels/$t" > "$WORK/$t.log" 2>&1; then
+        grep -q "\[ SKIP \]" "$WORK/$t.log" && grep -B1 "SKIP" "$WORK/$t.log" | head -4
+        pass "$t: $(tail -1 "$WORK/$t.log")"
+    else
+        grep -E "check failed|required|FAIL" "$WORK/$t.log" | head -20
+        fail "$t: $(tail -1 "$WORK/$t.log")"
+    fi
+done
+
+log "roofline"
+if ! RL=$(timeout 60 "$BIN/strata-gpu" roofline); then
+    echo "check: roofline probe failed"; exit 1
+fi
+COPY=$(sed -n 's/.*copy_gbps=\([0-9.]*\).*/\1/p' <<< "$RL")
+GEMM=$(sed -n 's/.*gemm_tflops=\([0-9.]*\).*/\1/p' <<< "$RL")
+log "copy bandwidth $COPY GB/s (read + write), cuBLAS bf16 GEMM 8192^3 $GEMM TFLOP/s"
+
+# shape: prompt tokens for the comparison, greedy steps, extra flags
+declare -A CMP=([small]="64 24 --require-greedy" [1b]="32 8" [8b]="12 3")
+for shape in $SHAPES; do
+    model=$WORK/$shape.gguf
+    if [ ! -s "$model" ]; then
+        log "generate $shape"
+        timeout 150 "$BIN/strata-gpu" gen "$model" --shape "$shape" ||
+            { fail "$shape: model generation"; continue; }
+    fi
+    read -r n g extra <<< "${CMP[$shape]}"
+    log "compare $shape (cpu vs cuda, $n tokens, $g greedy steps)"
+    if out=$(timeout 180 "$BIN/strata-gpu" compare -m "$model" --tokens "$n" --gen "$g" $extra); then
+        pass "$out"
+    else
+        echo "$out"; fail "$shape compare: $(head -1 <<< "$out")"
+    fi
+    log "bench $shape"
+    if row=$(timeout 150 "$BIN/strata-gpu" bench -m "$model" --copy-gbps "$COPY" \
+                 --gemm-tflops "$GEMM" --prompt 512 --gen 32); then
+        ROWS+=("$row")
+    else
+        fail "$shape bench"
+    fi
+done
+
+echo
+echo "== strata CUDA backend check, $(date -u +%Y-%m-%dT%H:%MZ), $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1), $(( $(date +%s) - T0 )) s =="
+printf '%s\n' "${SUMMARY[@]}"
+echo
+echo "roofline: copy $COPY GB/s (read + write, D2D 1 GiB), cuBLAS bf16 GEMM 8192^3 $GEMM TFLOP/s"
+echo "prefill: 512-token prompt, median of 3; decode: B sequences x 32 steps after 32-token prompts,"
+echo "greedy sampling on the host included; (%) = share of the GEMM ceiling / of the copy bandwidth"
+echo "| model                  | prefill/s | prefill TFLOP/s | decode b1/s     | decode b8/s     | decode b64/s     |"
+echo "|------------------------|-----------|-----------------|-----------------|-----------------|------------------|"
+printf '%s\n' "${ROWS[@]}"
+exit $FAILED

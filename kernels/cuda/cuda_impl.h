@@ -1,0 +1,108 @@
+/*
+ * cuda_impl.h - internals of the CUDA backend, shared by its C host code
+ * (cuda_backend.c, cuda_weights.c); the device code sees only
+ * cuda_kern.h.
+ *
+ * The split is deliberate: everything that validates, allocates or decides
+ * is plain C compiled with the project's warnings and sanitizers; the .cu
+ * files hold only kernels and thin launchers that return the launch's
+ * cudaError_t. The launchers are extern "C" so the C side calls them
+ * directly.
+ *
+ * Errors: the table's compute ops return void, so a failure inside one is
+ * recorded in the context (cu_fail, first error wins, logged once) and
+ * later ops become no-ops until ->sync or ->to_host returns the status and
+ * clears it. A CUDA fault that poisons the device context keeps failing on
+ * every later call, which is what the caller then sees.
+ */
+#ifndef ST_CUDA_IMPL_H
+#define ST_CUDA_IMPL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include "cuda_kern.h"
+#include "st_error.h"
+#include "st_kernels.h"
+#include "st_status.h"
+#include "st_tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Pinned staging buffers for weight upload: two, used alternately so the
+ * host converts one chunk while the copy engine moves the other. */
+#define CU_STAGE_BYTES (32u << 20)
+
+typedef struct cu_weight {
+    const st_tensor_t *key;     /* the model's tensor view (NULL: empty slot) */
+    void              *dev;     /* device copy */
+    cu_wtype_t         wtype;
+    uint64_t           cols;    /* ne[0] */
+    uint64_t           rows;    /* ne[1] * ne[2] * ne[3] */
+} cu_weight_t;
+
+typedef struct cu_ctx {
+    int              device;
+    cudaStream_t     stream;
+    cublasHandle_t   blas;
+    void            *blas_ws;       /* cuBLAS workspace, fixed at create */
+    size_t           blas_ws_bytes;
+    cudaMemPool_t    pool;          /* activations and KV caches */
+    int              have_pool;
+    int              n_sm;
+    uint32_t         max_batch, max_cols;
+
+    st_status_t      status;        /* sticky error of the void ops */
+    st_error_t       err;
+
+    /* Index arrays (token ids, positions, slots): pinned host copy, device
+     * copy, and the host contents last sent, so the per-layer calls of one
+     * forward pass (same pos/slot arrays) upload once. */
+    int32_t         *h_idx;         /* pinned, CU_IDX_KINDS * max_batch */
+    int32_t         *d_idx;         /* device, same shape */
+    int32_t         *shadow;        /* malloc, same shape */
+    uint32_t         shadow_n[CU_IDX_KINDS];
+    cudaEvent_t      idx_ev[CU_IDX_KINDS];
+
+    void            *x16;           /* matmul input in 16 bits: max_batch * max_cols */
+    float           *att_part;      /* CU_ATT_PART_ROWS * max_cols */
+    float           *att_ml;        /* CU_ATT_PART_ROWS * max_cols */
+
+    cu_weight_t     *wmap;          /* open addressing on the tensor pointer */
+    size_t           wmap_cap, wmap_n;
+    uint64_t         weight_bytes;  /* device bytes of uploaded weights */
+    void            *stage[2];      /* pinned upload staging */
+    cudaEvent_t      stage_ev[2];
+
+    char             desc[192];
+} cu_ctx_t;
+
+/* ---- error helpers (cuda_backend.c) ---- */
+
+/* Records the first error of the void ops and logs it; later ones are dropped. */
+void cu_fail(cu_ctx_t *c, st_status_t status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* 1 when e is cudaSuccess, else records "cuda: what: <error string>" and returns 0. */
+int  cu_ok(cu_ctx_t *c, cudaError_t e, const char *what);
+int  cu_blas_ok(cu_ctx_t *c, cublasStatus_t s, const char *what);
+
+/* ---- weights (cuda_weights.c) ---- */
+
+st_status_t cu_weights_load(void *ctx, const st_tensor_t *const *tensors, size_t n,
+                            st_error_t *err);
+/* The device copy of t, uploading it now when weights_load did not (a
+ * synchronous, allocating path meant for tests and tools). NULL after
+ * cu_fail. */
+const cu_weight_t *cu_weight_get(cu_ctx_t *c, const st_tensor_t *t);
+void        cu_weights_free(cu_ctx_t *c);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* ST_CUDA_IMPL_H */
