@@ -1,0 +1,185 @@
+/*
+ * cpu_impl.h - internals of the CPU backend shared by its files.
+ *
+ * The backend is split by subject:
+ *   cpu_backend.c  the ops table, create/destroy, the small ops
+ *   matmul.c       the matmul driver: activation quantization, row split
+ *   pool.c         the persistent thread pool (pool.h)
+ *   isa.c          CPU feature detection, STRATA_CPU_ISA, bandwidth probe
+ *   kern_scalar.c, kern_avx2.c, kern_avx512.c, kern_amx.c (+ kern_x86.h)
+ *                  one st_cpu_kernels_t table per instruction-set level;
+ *                  the SIMD files are compiled with their -m flags (see
+ *                  kernels/CMakeLists.txt) and entered only after a
+ *                  run-time feature check.
+ *
+ * Integer matmul formulation (Q4_0, Q4_1, Q8_0 weights). Every weight block
+ * b of 32 values is written as w_i = D_b * u_i + O_b with u_i unsigned
+ * 8-bit:
+ *   Q4_1: u = nibble,         D = d, O = m
+ *   Q4_0: u = nibble,         D = d, O = -8 d
+ *   Q8_0: u = q + 128 (u8),   D = d, O = -128 d
+ * Activations are quantized per block of 32 to int8 q with a float scale
+ * dx (q = round(x / dx), dx = max|x| / 127) and s = dx * sum(q). Then
+ *   sum_i w_i x_i ~= D dx * sum_i u_i q_i + O s
+ * and sum u*q is exactly what VNNI's vpdpbusd (u8 x s8) computes. The
+ * scalar and AVX2 levels compute the same quantity their own way (AVX2
+ * keeps Q8_0 signed because maddubs would saturate on u = q + 128).
+ *
+ * Activation row layout (one row per token, `stride` bytes, 64-aligned),
+ * blocks taken in pairs (b0 = 2p, b1 = 2p + 1; a missing last b1 is zero):
+ *   q    [np][64] int8: b0 q0..15 | b1 q0..15 | b0 q16..31 | b1 q16..31
+ *                        so that nibble-expanded Q4 pairs line up with it
+ *   xv   [np][4]  f32:  dx0, s0, dx1, s1
+ *   dx16 [np][16] f32:  dx0 x4, dx1 x4, dx0 x4, dx1 x4 (only when asked:
+ *                        the AVX-512 tile kernel's lane pattern)
+ *   s    [np*2]   f32:  s per block
+ */
+#ifndef ST_CPU_IMPL_H
+#define ST_CPU_IMPL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "st_cpu.h"
+#include "st_kernels.h"
+#include "st_util.h"
+
+#define ST_QK 32   /* values per block of Q4_0 / Q4_1 / Q8_0 */
+#define ST_ATTN_HEAD_MAX_DIM 128
+/* qgemv prefetches each weight stream this many bytes ahead. The hardware
+ * prefetcher alone left decode at ~55 tokens/s on the 2-core dev VM under
+ * load; 4 KiB gave ~90, 8 KiB ~100 (strata bench decode, 1 thread).
+ * Prefetches never fault, so running past the mapping's end is harmless. */
+#define ST_GEMV_PREFETCH 8192
+
+/* Busy-wait hint for the short spins of the pool and the matmul driver. */
+static inline void st_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+typedef struct st_q8_layout {
+    int    nb;        /* blocks per row */
+    int    np;        /* block pairs per row, (nb + 1) / 2 */
+    size_t xv_off;    /* byte offsets inside one row */
+    size_t dx16_off;
+    size_t s_off;
+    size_t stride;    /* bytes per activation row, multiple of 64 */
+} st_q8_layout_t;
+
+static inline void st_q8_layout(int cols, st_q8_layout_t *L)
+{
+    L->nb = cols / ST_QK;
+    L->np = (L->nb + 1) / 2;
+    L->xv_off = (size_t)L->np * 64;
+    L->dx16_off = L->xv_off + (size_t)L->np * 16;
+    L->s_off = L->dx16_off + (size_t)L->np * 64;
+    L->stride = ST_ALIGN_UP(L->s_off + (size_t)L->np * 8, (size_t)64);
+}
+
+/* Bytes per weight block and where its quants start, for the int types. */
+static inline int st_qblock_bytes(int type)
+{
+    return type == ST_DTYPE_Q4_1 ? 20 : type == ST_DTYPE_Q4_0 ? 18 : 34;
+}
+
+/* One integer-matmul call as the kernels see it. */
+typedef struct st_qmm_args {
+    int            type;       /* ST_DTYPE_Q4_0, Q4_1 or Q8_0 */
+    const uint8_t *w;          /* row 0 of the weights */
+    size_t         w_stride;   /* bytes per weight row */
+    st_q8_layout_t L;          /* activation layout (cols = L.nb * 32) */
+    const uint8_t *xq;         /* activation row 0 */
+    const uint8_t *xq2;        /* repacked activations (kernels with ->repack) */
+    int            n_pad;      /* tokens in xq2, n rounded up to repack_align */
+    int            n;          /* token rows */
+    float         *out;        /* out[t * ldo + r] */
+    int            ldo;
+} st_qmm_args_t;
+
+/* One instruction-set level's kernels. Members marked optional may be NULL. */
+typedef struct st_cpu_kernels {
+    st_cpu_isa_t isa;
+    /* Quantize one activation row of `cols` floats into the layout above;
+     * with_dx16 also fills dx16. */
+    void (*quantize_row)(const float *x, const st_q8_layout_t *L, uint8_t *row, int with_dx16);
+    /* out for rows [r0, r1) and all n tokens, weights read in place; any n. */
+    void (*qgemv)(const st_qmm_args_t *a, int r0, int r1, void *scratch);
+    /* Optional: tiled version for n >= tile_min_n, reusing each weight
+     * block across several tokens. Needs dx16 and scratch of
+     * qgemm_scratch(L) bytes. Per-element arithmetic must not depend on
+     * r0/r1 alignment beyond the 16-row chunks the driver uses. */
+    void (*qgemm)(const st_qmm_args_t *a, int r0, int r1, void *scratch);
+    size_t (*qgemm_scratch)(const st_q8_layout_t *L);
+    int tile_min_n;
+    /* Optional: a second activation layout for qgemm when n >= repack_min_n
+     * (AMX tiles). repack() writes token t (t < n_pad) from its quantized
+     * row, or zeros when !valid (padding up to n_pad). */
+    void (*repack)(const uint8_t *xrow, const st_q8_layout_t *L, int t, int n_pad, int valid,
+                   uint8_t *xq2);
+    size_t (*repack_bytes)(int n_pad, const st_q8_layout_t *L);
+    int repack_min_n;
+    int repack_align;
+    /* Dequantize one weight row of n values (F16, BF16, Q6_K, ...). */
+    void (*dequant_row)(int type, const void *src, float *dst, int n);
+    float (*dot_f32)(const float *a, const float *b, int n);
+    float (*sumsq_f32)(const float *x, int n);
+    /* out[j] = x[j] * s * w[j] */
+    void (*scale_mul)(const float *x, const float *w, float s, float *out, int n);
+    void (*swiglu)(const float *g, const float *u, float *out, size_t n);
+    void (*add)(float *x, const float *y, size_t n);
+    /* y[j] = y[j] * a + x[j] * b  (attention's running output) */
+    void (*axpby)(float *y, float a, const float *x, float b, int n);
+    /* x[j] = exp(x[j] - m); returns the sum of the results (same order
+     * on every call for the same n). */
+    float (*exp_sum)(float *x, float m, int n);
+    /* Optional: one attention head, out = softmax(scale * q.K^T) V over
+     * npos positions whose k/v rows are kv_stride floats apart. Handles
+     * head_dim % 16 == 0 && head_dim <= ATTN_HEAD_MAX_DIM; NULL or other
+     * sizes use the generic path in cpu_backend.c. */
+    void (*attn_head)(const float *q, const float *k, const float *v, size_t kv_stride, int npos,
+                      int head_dim, float scale, float *out);
+} st_cpu_kernels_t;
+
+const st_cpu_kernels_t *st_cpu_kernels_scalar(void);
+const st_cpu_kernels_t *st_cpu_kernels_avx2(void);    /* NULL when not compiled */
+const st_cpu_kernels_t *st_cpu_kernels_avx512(void);  /* NULL when not compiled */
+int st_cpu_amx_built(void);                           /* 0 when kern_amx.c is not compiled */
+/* Turns a copy of the AVX-512 table into the AMX level's table. */
+void st_cpu_kernels_amx_patch(st_cpu_kernels_t *k);
+/* The table of a supported level, copied into *out (the backend keeps its
+ * own copy: levels may be assembled from several files). */
+void st_cpu_kernels_get(st_cpu_isa_t isa, st_cpu_kernels_t *out);
+
+/* Shared scalar helpers (kern_scalar.c), also used as tails by SIMD files. */
+void  st_cpu_quantize_row_ref(const float *x, const st_q8_layout_t *L, uint8_t *row,
+                              int with_dx16);
+void  st_cpu_dequant_row_ref(int type, const void *src, float *dst, int n);
+
+/* ---- the matmul driver (matmul.c) ---- */
+
+struct st_pool;
+typedef struct st_cpu_mm {
+    const st_cpu_kernels_t *k;
+    struct st_pool         *pool;
+    int                     n_threads;
+    uint32_t                max_batch;
+    uint32_t                max_cols;
+    uint8_t                *xq;          /* max_batch activation rows */
+    size_t                  xq_bytes;
+    uint8_t                *xq2;         /* repacked activations, when k->repack */
+    uint8_t               **tscratch;    /* per thread */
+    size_t                  tscratch_bytes;
+} st_cpu_mm_t;
+
+st_status_t st_cpu_mm_init(st_cpu_mm_t *mm, const st_cpu_kernels_t *k, struct st_pool *pool,
+                           int n_threads, uint32_t max_batch, uint32_t max_cols,
+                           st_error_t *err);
+void st_cpu_mm_fini(st_cpu_mm_t *mm);
+void st_cpu_mm_run(st_cpu_mm_t *mm, const st_tensor_t *w, const float *x, int n, float *out);
+
+#endif /* ST_CPU_IMPL_H */

@@ -1,0 +1,373 @@
+/*
+ * kern_avx2.c - AVX2 + FMA + F16C kernels (Haswell and later, Zen).
+ *
+ * Compiled with -mavx2 -mfma -mf16c on this file only and entered only
+ * after isa.c found those features at run time.
+ *
+ * Without VNNI the u8 x s8 products go through vpmaddubsw, which saturates
+ * its 16-bit pair sums: nibbles (<= 15) times int8 are safe, but Q8_0 as
+ * u = q + 128 (<= 255) would overflow, so Q8_0 uses the sign trick
+ * |w| x sign(x, w) on the signed values instead and has no offset term.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "cpu_impl.h"
+
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE uint32_t rd32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+INLINE uint32_t rd16(const uint8_t *p)
+{
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
+INLINE float ofactor(int type)
+{
+    return type == ST_DTYPE_Q4_1 ? 1.0f : type == ST_DTYPE_Q4_0 ? -8.0f : 0.0f;
+}
+
+INLINE __m128 pair_dm(int type, const uint8_t *b0, const uint8_t *b1)
+{
+    uint64_t v;
+    if (type == ST_DTYPE_Q4_1) {
+        v = rd32(b0) | (b1 ? (uint64_t)rd32(b1) << 32 : 0);
+    } else {
+        uint64_t d0 = rd16(b0), d1 = b1 ? rd16(b1) : 0;
+        v = d0 | d0 << 16 | d1 << 32 | d1 << 48;
+    }
+    return _mm_cvtph_ps(_mm_cvtsi64_si128((long long)v));
+}
+
+INLINE float hsum256(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+INLINE int hsum256_epi32(__m256i v)
+{
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* ---- activation quantization (same results as the scalar version) ---- */
+
+static void quantize_row_avx2(const float *x, const st_q8_layout_t *L, uint8_t *row,
+                              int with_dx16)
+{
+    int8_t *q = (int8_t *)row;
+    float *xv = (float *)(row + L->xv_off);
+    float *dx16 = (float *)(row + L->dx16_off);
+    float *s = (float *)(row + L->s_off);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+
+    for (int p = 0; p < L->np; p++) {
+        float d2[2] = {0.0f, 0.0f};
+        for (int h = 0; h < 2; h++) {
+            int b = 2 * p + h;
+            int8_t *lo = q + p * 64 + h * 16, *hi = lo + 32;
+            if (b >= L->nb) {
+                memset(lo, 0, 16);
+                memset(hi, 0, 16);
+                xv[p * 4 + 2 * h] = xv[p * 4 + 2 * h + 1] = s[b] = 0.0f;
+                continue;
+            }
+            const float *xb = x + (size_t)b * ST_QK;
+            __m256 v[4], am;
+            for (int k = 0; k < 4; k++)
+                v[k] = _mm256_loadu_ps(xb + 8 * k);
+            am = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                               _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+            __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(am), _mm256_extractf128_ps(am, 1));
+            m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+            m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+            float amax = _mm_cvtss_f32(m4);
+            float d = amax / 127.0f;
+            float id = d != 0.0f ? 1.0f / d : 0.0f;
+            __m256 vid = _mm256_set1_ps(id);
+            __m256i qi[4];
+            for (int k = 0; k < 4; k++)
+                qi[k] = _mm256_cvtps_epi32(_mm256_mul_ps(v[k], vid));
+            __m256i sum = _mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3]));
+            /* packs interleave 128-bit lanes; the permute restores order */
+            __m256i p16a = _mm256_packs_epi32(qi[0], qi[1]);
+            __m256i p16b = _mm256_packs_epi32(qi[2], qi[3]);
+            __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+            p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm_storeu_si128((__m128i *)lo, _mm256_castsi256_si128(p8));
+            _mm_storeu_si128((__m128i *)hi, _mm256_extracti128_si256(p8, 1));
+            d2[h] = d;
+            xv[p * 4 + 2 * h] = d;
+            xv[p * 4 + 2 * h + 1] = s[b] = d * (float)hsum256_epi32(sum);
+        }
+        if (with_dx16)
+            for (int i = 0; i < 16; i++)
+                dx16[p * 16 + i] = d2[(i >> 2) & 1];
+    }
+}
+
+/* ---- qgemv ---- */
+
+INLINE __m256i pair_dot(int type, const uint8_t *b0, const uint8_t *b1, __m256i xa, __m256i xb)
+{
+    const __m256i ones = _mm256_set1_epi16(1);
+    if (type == ST_DTYPE_Q8_0) {
+        __m128i l0 = _mm_loadu_si128((const __m128i *)(b0 + 2));
+        __m128i h0 = _mm_loadu_si128((const __m128i *)(b0 + 18));
+        __m128i l1 = b1 ? _mm_loadu_si128((const __m128i *)(b1 + 2)) : _mm_setzero_si128();
+        __m128i h1 = b1 ? _mm_loadu_si128((const __m128i *)(b1 + 18)) : _mm_setzero_si128();
+        __m256i wl = _mm256_set_m128i(l1, l0), wh = _mm256_set_m128i(h1, h0);
+        __m256i pl = _mm256_maddubs_epi16(_mm256_abs_epi8(wl), _mm256_sign_epi8(xa, wl));
+        __m256i ph = _mm256_maddubs_epi16(_mm256_abs_epi8(wh), _mm256_sign_epi8(xb, wh));
+        return _mm256_add_epi32(_mm256_madd_epi16(pl, ones), _mm256_madd_epi16(ph, ones));
+    } else {
+        const int off = type == ST_DTYPE_Q4_1 ? 4 : 2;
+        const __m256i m4 = _mm256_set1_epi8(0x0F);
+        __m128i v0 = _mm_loadu_si128((const __m128i *)(b0 + off));
+        __m128i v1 = b1 ? _mm_loadu_si128((const __m128i *)(b1 + off)) : _mm_setzero_si128();
+        __m256i v = _mm256_set_m128i(v1, v0);
+        __m256i wl = _mm256_and_si256(v, m4);
+        __m256i wh = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        /* |pair sums| <= 2 * 15 * 127 each, their sum fits int16 */
+        __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(wl, xa), _mm256_maddubs_epi16(wh, xb));
+        return _mm256_madd_epi16(p, ones);
+    }
+}
+
+INLINE void gemv_pair(int type, const uint8_t *b0, const uint8_t *b1, __m256i xa, __m256i xb,
+                      __m128 xvp, __m256 *acc, __m128 *accm)
+{
+    const __m256i idx = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
+    __m256i dot = pair_dot(type, b0, b1, xa, xb);
+    __m128 sc4 = _mm_mul_ps(pair_dm(type, b0, b1), xvp);
+    *accm = _mm_add_ps(*accm, sc4);
+    __m256 sc8 = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(sc4), idx);
+    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc8, *acc);
+}
+
+INLINE void gemv_rows(int type, const st_qmm_args_t *a, int r, int R, const uint8_t *xrow,
+                      float *out)
+{
+    const int bb = st_qblock_bytes(type);
+    const int nfull = a->L.nb / 2;
+    const int8_t *q = (const int8_t *)xrow;
+    const float *xv = (const float *)(xrow + a->L.xv_off);
+    const uint8_t *wr[4];
+    __m256 acc[4];
+    __m128 accm[4];
+
+    for (int i = 0; i < R; i++) {
+        wr[i] = a->w + (size_t)(r + i) * a->w_stride;
+        acc[i] = _mm256_setzero_ps();
+        accm[i] = _mm_setzero_ps();
+    }
+    for (int p = 0; p < nfull; p++) {
+        __m256i xa = _mm256_loadu_si256((const __m256i *)(q + p * 64));
+        __m256i xb = _mm256_loadu_si256((const __m256i *)(q + p * 64 + 32));
+        __m128 xvp = _mm_loadu_ps(xv + p * 4);
+        for (int i = 0; i < R; i++) {
+            const uint8_t *b0 = wr[i] + (size_t)(2 * p) * bb;
+            _mm_prefetch((const char *)(b0 + ST_GEMV_PREFETCH), _MM_HINT_T0);
+            gemv_pair(type, b0, b0 + bb, xa, xb, xvp, &acc[i], &accm[i]);
+        }
+    }
+    if (a->L.nb & 1) {
+        int p = nfull;
+        __m256i xa = _mm256_loadu_si256((const __m256i *)(q + p * 64));
+        __m256i xb = _mm256_loadu_si256((const __m256i *)(q + p * 64 + 32));
+        __m128 xvp = _mm_loadu_ps(xv + p * 4);
+        for (int i = 0; i < R; i++)
+            gemv_pair(type, wr[i] + (size_t)(2 * p) * bb, NULL, xa, xb, xvp, &acc[i], &accm[i]);
+    }
+    for (int i = 0; i < R; i++) {
+        float m[4];
+        _mm_storeu_ps(m, accm[i]);
+        out[i] = hsum256(acc[i]) + ofactor(type) * (m[1] + m[3]);
+    }
+}
+
+INLINE void qgemv_type(int type, const st_qmm_args_t *a, int r0, int r1)
+{
+    for (int t = 0; t < a->n; t++) {
+        const uint8_t *xrow = a->xq + (size_t)t * a->L.stride;
+        float *o = a->out + (size_t)t * a->ldo;
+        int r = r0;
+        for (; r + 4 <= r1; r += 4)
+            gemv_rows(type, a, r, 4, xrow, o + r);
+        for (; r < r1; r++)
+            gemv_rows(type, a, r, 1, xrow, o + r);
+    }
+}
+
+static void qgemv_avx2(const st_qmm_args_t *a, int r0, int r1, void *scratch)
+{
+    (void)scratch;
+    switch (a->type) {
+    case ST_DTYPE_Q4_1: qgemv_type(ST_DTYPE_Q4_1, a, r0, r1); break;
+    case ST_DTYPE_Q4_0: qgemv_type(ST_DTYPE_Q4_0, a, r0, r1); break;
+    default:            qgemv_type(ST_DTYPE_Q8_0, a, r0, r1); break;
+    }
+}
+
+/* ---- float kernels ---- */
+
+INLINE __m256 exp256(__m256 x)
+{
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 z = _mm256_mul_ps(x, x);
+    __m256 y = _mm256_set1_ps(1.9875691500E-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507E-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073E-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894E-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459E-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201E-1f));
+    y = _mm256_fmadd_ps(y, z, _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+static float dot_f32_avx2(const float *a, const float *b, int n)
+{
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    float s = hsum256(_mm256_add_ps(s0, s1));
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+static float sumsq_f32_avx2(const float *x, int n)
+{
+    return dot_f32_avx2(x, x, n);
+}
+
+static void scale_mul_avx2(const float *x, const float *w, float s, float *out, int n)
+{
+    __m256 vs = _mm256_set1_ps(s);
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vs),
+                                                _mm256_loadu_ps(w + i)));
+    for (; i < n; i++)
+        out[i] = x[i] * s * w[i];
+}
+
+static void swiglu_avx2(const float *g, const float *u, float *out, size_t n)
+{
+    const __m256 one = _mm256_set1_ps(1.0f);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 vg = _mm256_loadu_ps(g + i);
+        __m256 e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), vg));
+        __m256 silu = _mm256_div_ps(vg, _mm256_add_ps(one, e));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(silu, _mm256_loadu_ps(u + i)));
+    }
+    for (; i < n; i++)
+        out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+static void add_avx2(float *x, const float *y, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(x + i, _mm256_add_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++)
+        x[i] += y[i];
+}
+
+static void axpby_avx2(float *y, float a, const float *x, float b, int n)
+{
+    __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b);
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(_mm256_loadu_ps(x + i), vb,
+                                                _mm256_mul_ps(_mm256_loadu_ps(y + i), va)));
+    for (; i < n; i++)
+        y[i] = y[i] * a + x[i] * b;
+}
+
+static float exp_sum_avx2(float *x, float mx, int n)
+{
+    __m256 vm = _mm256_set1_ps(mx), s = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
+        _mm256_storeu_ps(x + i, e);
+        s = _mm256_add_ps(s, e);
+    }
+    float sum = hsum256(s);
+    for (; i < n; i++) {
+        x[i] = expf(x[i] - mx);
+        sum += x[i];
+    }
+    return sum;
+}
+
+static void dequant_row_avx2(int type, const void *src, float *dst, int n)
+{
+    const uint16_t *h = src;
+    int i = 0;
+    switch (type) {
+    case ST_DTYPE_F16:
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+        for (; i < n; i++)
+            dst[i] = st_fp16_to_f32(h[i]);
+        break;
+    case ST_DTYPE_BF16:
+        for (; i + 8 <= n; i += 8) {
+            __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(h + i)));
+            _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
+        }
+        for (; i < n; i++)
+            dst[i] = st_bf16_to_f32(h[i]);
+        break;
+    default:
+        st_cpu_dequant_row_ref(type, src, dst, n);
+        break;
+    }
+}
+
+static const st_cpu_kernels_t kernels_avx2 = {
+    .isa = ST_CPU_ISA_AVX2,
+    .quantize_row = quantize_row_avx2,
+    .qgemv = qgemv_avx2,
+    .qgemm = NULL,
+    .qgemm_scratch = NULL,
+    .tile_min_n = 0,
+    .dequant_row = dequant_row_avx2,
+    .dot_f32 = dot_f32_avx2,
+    .sumsq_f32 = sumsq_f32_avx2,
+    .scale_mul = scale_mul_avx2,
+    .swiglu = swiglu_avx2,
+    .add = add_avx2,
+    .axpby = axpby_avx2,
+    .exp_sum = exp_sum_avx2,
+};
+
+const st_cpu_kernels_t *st_cpu_kernels_avx2(void)
+{
+    return &kernels_avx2;
+}

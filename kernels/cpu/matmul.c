@@ -1,0 +1,257 @@
+/*
+ * matmul.c - the CPU matmul driver: picks the kernel for the weight type
+ * and batch size, quantizes the activations once per call and splits the
+ * output rows over the pool.
+ *
+ * Determinism: rows are handed out in chunks whose boundaries are multiples
+ * of 16 (one cache line of f32 outputs) through an atomic counter, so any
+ * thread may compute any chunk but every output element is computed by one
+ * thread with the same instructions in the same order whatever the thread
+ * count. Kernel choice depends only on the type and n, never on threads.
+ */
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu_impl.h"
+#include "pool.h"
+#include "st_log.h"
+
+/* Below this many weight blocks x tokens, waking the pool costs more than
+ * it saves (a fork/join is ~1 us; a block takes a few ns). */
+#define MM_SERIAL_BLOCKS 2048
+
+enum { MM_QGEMV, MM_QGEMM, MM_FLOAT };
+
+typedef struct mm_job {
+    st_cpu_mm_t       *mm;
+    int                kind;
+    st_qmm_args_t      qa;         /* integer kinds */
+    const float       *x;          /* activations of this slice */
+    int                with_dx16;
+    int                repack;     /* also write xq2 (n_pad tokens) */
+    /* float kind */
+    const st_tensor_t *w;
+    int                cols;
+    int                rows;
+    int                chunk;
+    int                n_chunks;
+    _Atomic int        next_tok;   /* activation rows handed out */
+    _Atomic int        done_tok;   /* activation rows quantized */
+    _Atomic int        next_chunk;
+} mm_job_t;
+
+static int is_int_type(int type)
+{
+    return type == ST_DTYPE_Q4_0 || type == ST_DTYPE_Q4_1 || type == ST_DTYPE_Q8_0;
+}
+
+static size_t tscratch_need(const st_cpu_kernels_t *k, uint32_t max_cols)
+{
+    st_q8_layout_t L;
+    size_t need = (size_t)max_cols * sizeof(float);
+    st_q8_layout((int)max_cols, &L);
+    if (k->qgemm_scratch)
+        need = ST_MAX(need, k->qgemm_scratch(&L));
+    return ST_ALIGN_UP(need + 64, (size_t)64);
+}
+
+static void mm_free_buffers(st_cpu_mm_t *mm)
+{
+    if (mm->tscratch)
+        for (int i = 0; i < mm->n_threads; i++)
+            free(mm->tscratch[i]);
+    free(mm->tscratch);
+    free(mm->xq);
+    free(mm->xq2);
+    mm->tscratch = NULL;
+    mm->xq = NULL;
+    mm->xq2 = NULL;
+}
+
+static st_status_t mm_alloc_buffers(st_cpu_mm_t *mm, uint32_t max_batch, uint32_t max_cols,
+                                    st_error_t *err)
+{
+    st_q8_layout_t L;
+    uint64_t xq_bytes;
+
+    st_q8_layout((int)max_cols, &L);
+    if (st_mul_overflow_u64(L.stride, max_batch, &xq_bytes) || xq_bytes > (1ull << 40))
+        return st_error_set(err, ST_ERR_OVERFLOW, "cpu backend: max_batch %u x max_cols %u too large",
+                            max_batch, max_cols);
+    mm->xq = aligned_alloc(64, ST_ALIGN_UP((size_t)xq_bytes, (size_t)64));
+    mm->tscratch = calloc((size_t)mm->n_threads, sizeof *mm->tscratch);
+    if (!mm->xq || !mm->tscratch)
+        goto nomem;
+    mm->xq_bytes = (size_t)xq_bytes;
+    if (mm->k->repack) {
+        int n_pad = (int)ST_ALIGN_UP(max_batch, (uint32_t)mm->k->repack_align);
+        mm->xq2 = aligned_alloc(64, ST_ALIGN_UP(mm->k->repack_bytes(n_pad, &L), (size_t)64));
+        if (!mm->xq2)
+            goto nomem;
+    }
+    mm->tscratch_bytes = tscratch_need(mm->k, max_cols);
+    for (int i = 0; i < mm->n_threads; i++) {
+        mm->tscratch[i] = aligned_alloc(64, mm->tscratch_bytes);
+        if (!mm->tscratch[i])
+            goto nomem;
+    }
+    mm->max_batch = max_batch;
+    mm->max_cols = max_cols;
+    return ST_OK;
+nomem:
+    mm_free_buffers(mm);
+    return st_error_set(err, ST_ERR_NOMEM, "cpu backend: out of memory for matmul scratch "
+                        "(max_batch %u, max_cols %u)", max_batch, max_cols);
+}
+
+st_status_t st_cpu_mm_init(st_cpu_mm_t *mm, const st_cpu_kernels_t *k, st_pool_t *pool,
+                           int n_threads, uint32_t max_batch, uint32_t max_cols,
+                           st_error_t *err)
+{
+    memset(mm, 0, sizeof *mm);
+    mm->k = k;
+    mm->pool = pool;
+    mm->n_threads = n_threads;
+    return mm_alloc_buffers(mm, max_batch, ST_ALIGN_UP(max_cols, 256u), err);
+}
+
+void st_cpu_mm_fini(st_cpu_mm_t *mm)
+{
+    mm_free_buffers(mm);
+}
+
+/* A matmul wider than params.max_cols is a caller bug; growing the scratch
+ * (off the normal path) keeps the result right and says so once per growth. */
+static int mm_ensure_cols(st_cpu_mm_t *mm, int cols)
+{
+    st_error_t err;
+    if ((uint32_t)cols <= mm->max_cols)
+        return 1;
+    st_warn("kernels", "cpu matmul with %d columns exceeds max_cols %u: growing scratch", cols,
+            mm->max_cols);
+    uint32_t batch = mm->max_batch;
+    mm_free_buffers(mm);
+    if (mm_alloc_buffers(mm, batch, ST_ALIGN_UP((uint32_t)cols, 256u), &err) != ST_OK) {
+        st_error("kernels", "%s", err.msg);
+        return 0;
+    }
+    return 1;
+}
+
+static void mm_quantize(mm_job_t *j)
+{
+    const st_cpu_kernels_t *k = j->mm->k;
+    const int n = j->qa.n, total = j->repack ? j->qa.n_pad : n;
+    int t;
+    while ((t = atomic_fetch_add_explicit(&j->next_tok, 1, memory_order_relaxed)) < total) {
+        uint8_t *row = t < n ? j->mm->xq + (size_t)t * j->qa.L.stride : NULL;
+        if (row)
+            k->quantize_row(j->x + (size_t)t * j->cols, &j->qa.L, row, j->with_dx16);
+        if (j->repack)
+            k->repack(row, &j->qa.L, t, j->qa.n_pad, t < n, j->mm->xq2);
+        atomic_fetch_add_explicit(&j->done_tok, 1, memory_order_release);
+    }
+    /* Every row must be quantized before any thread reads the activations. */
+    while (atomic_load_explicit(&j->done_tok, memory_order_acquire) < total)
+        st_cpu_relax();
+}
+
+static void mm_float_chunk(mm_job_t *j, int r0, int r1, float *scratch)
+{
+    const st_cpu_kernels_t *k = j->mm->k;
+    const uint8_t *wbase = j->w->data;
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *src = wbase + (size_t)r * j->w->row_bytes;
+        const float *wr = (const float *)src;
+        if (j->w->type != ST_DTYPE_F32) {
+            k->dequant_row(j->w->type, src, scratch, j->cols);
+            wr = scratch;
+        }
+        for (int t = 0; t < j->qa.n; t++)
+            j->qa.out[(size_t)t * j->qa.ldo + r] = k->dot_f32(wr, j->x + (size_t)t * j->cols,
+                                                               j->cols);
+    }
+}
+
+static void mm_worker(void *arg, int ith, int nth)
+{
+    mm_job_t *j = arg;
+    void *scratch = j->mm->tscratch[ith];
+    int c;
+    (void)nth;
+
+    if (j->kind != MM_FLOAT)
+        mm_quantize(j);
+    while ((c = atomic_fetch_add_explicit(&j->next_chunk, 1, memory_order_relaxed)) < j->n_chunks) {
+        int r0 = c * j->chunk, r1 = ST_MIN(r0 + j->chunk, j->rows);
+        switch (j->kind) {
+        case MM_QGEMV: j->mm->k->qgemv(&j->qa, r0, r1, scratch); break;
+        case MM_QGEMM: j->mm->k->qgemm(&j->qa, r0, r1, scratch); break;
+        default:       mm_float_chunk(j, r0, r1, scratch); break;
+        }
+    }
+}
+
+static void mm_slice(st_cpu_mm_t *mm, const st_tensor_t *w, const float *x, int n, float *out,
+                     int ldo)
+{
+    const int cols = (int)w->ne[0], rows = (int)w->ne[1];
+    const st_cpu_kernels_t *k = mm->k;
+    mm_job_t j;
+    int nth = mm->n_threads, target;
+
+    memset(&j, 0, sizeof j);
+    j.mm = mm;
+    j.x = x;
+    j.w = w;
+    j.cols = cols;
+    j.rows = rows;
+    j.qa.n = n;
+    j.qa.out = out;
+    j.qa.ldo = ldo;
+    if (is_int_type(w->type)) {
+        j.kind = k->qgemm && n >= k->tile_min_n ? MM_QGEMM : MM_QGEMV;
+        j.with_dx16 = j.kind == MM_QGEMM;
+        if (j.kind == MM_QGEMM && k->repack && n >= k->repack_min_n) {
+            j.repack = 1;
+            j.qa.n_pad = (int)ST_ALIGN_UP((size_t)n, (size_t)k->repack_align);
+            j.qa.xq2 = mm->xq2;
+        }
+        j.qa.type = w->type;
+        j.qa.w = w->data;
+        j.qa.w_stride = w->row_bytes;
+        j.qa.xq = mm->xq;
+        st_q8_layout(cols, &j.qa.L);
+    } else {
+        j.kind = MM_FLOAT;
+    }
+    if ((uint64_t)rows * (uint64_t)(cols / ST_QK + 1) * (uint64_t)n < MM_SERIAL_BLOCKS)
+        nth = 1;
+    /* ~8 chunks per thread balance load (other processes share the cores)
+     * without making the atomic counter hot. */
+    target = (rows + nth * 8 - 1) / (nth * 8);
+    j.chunk = (int)ST_ALIGN_UP((size_t)ST_MAX(target, 16), (size_t)16);
+    j.n_chunks = (rows + j.chunk - 1) / j.chunk;
+    st_pool_run(mm->pool, mm_worker, &j, nth);
+}
+
+void st_cpu_mm_run(st_cpu_mm_t *mm, const st_tensor_t *w, const float *x, int n, float *out)
+{
+    const int cols = (int)w->ne[0], rows = (int)w->ne[1];
+
+    ST_ASSERT(w->row_bytes == st_dtype_row_bytes(w->type, (uint64_t)cols));
+    if (n <= 0 || rows <= 0)
+        return;
+    if (!mm_ensure_cols(mm, cols)) {
+        for (size_t i = 0; i < (size_t)n * (size_t)rows; i++)
+            out[i] = NAN;   /* a visible failure rather than stale values */
+        return;
+    }
+    /* Batches beyond max_batch go through in slices that fit the scratch. */
+    for (int t0 = 0; t0 < n; t0 += (int)mm->max_batch) {
+        int nt = ST_MIN(n - t0, (int)mm->max_batch);
+        mm_slice(mm, w, x + (size_t)t0 * cols, nt, out + (size_t)t0 * rows, rows);
+    }
+}

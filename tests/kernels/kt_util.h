@@ -1,0 +1,119 @@
+/*
+ * kt_util.h - helpers shared by the kernel workbench tests: a seeded RNG,
+ * random weight tensors of every dtype, and opening the CPU backend at a
+ * forced instruction-set level and thread count.
+ */
+#ifndef KT_UTIL_H
+#define KT_UTIL_H
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "st_cpu.h"
+#include "st_dtype.h"
+#include "st_kernels.h"
+#include "st_tensor.h"
+
+static inline uint64_t kt_rng(uint64_t *s)
+{
+    /* splitmix64: reproducible across platforms */
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* uniform in [-1, 1) */
+static inline float kt_uniform(uint64_t *s)
+{
+    return (float)((double)(kt_rng(s) >> 11) * (1.0 / 9007199254740992.0) * 2.0 - 1.0);
+}
+
+static inline void kt_fill(float *x, size_t n, float scale, uint64_t *s)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = kt_uniform(s) * scale;
+}
+
+static inline void kt_put16(uint8_t *p, uint16_t v)
+{
+    memcpy(p, &v, 2);
+}
+
+/* A random rows x cols weight tensor of `type` (owned: free t->data). Quant
+ * payloads are random bytes (every byte pattern is a valid block); scales
+ * are set to sane magnitudes so results stay in a realistic range. */
+static inline int kt_make_weight(st_tensor_t *t, int type, int rows, int cols, uint64_t *s)
+{
+    const st_dtype_traits_t *tr = st_dtype_traits((uint32_t)type);
+    uint64_t rb = st_dtype_row_bytes((uint32_t)type, (uint64_t)cols);
+    uint8_t *d;
+
+    if (!tr || rb == 0)
+        return -1;
+    memset(t, 0, sizeof *t);
+    d = malloc((size_t)rb * (size_t)rows + 64);
+    if (!d)
+        return -1;
+    for (size_t i = 0; i < (size_t)rb * (size_t)rows + 64; i++)
+        d[i] = (uint8_t)kt_rng(s);
+    for (int r = 0; r < rows; r++) {
+        uint8_t *row = d + (size_t)r * rb;
+        for (int b = 0; b < cols / (int)tr->block_elems; b++) {
+            uint8_t *blk = row + (size_t)b * tr->block_bytes;
+            float sc = 0.01f + 0.02f * (kt_uniform(s) + 1.0f);
+            switch (type) {
+            case ST_DTYPE_F32: {
+                float v = kt_uniform(s);
+                memcpy(blk, &v, 4);
+                break;
+            }
+            case ST_DTYPE_F16:  kt_put16(blk, st_f32_to_fp16(kt_uniform(s))); break;
+            case ST_DTYPE_BF16: kt_put16(blk, st_f32_to_bf16(kt_uniform(s))); break;
+            case ST_DTYPE_Q4_0:
+            case ST_DTYPE_Q8_0: kt_put16(blk, st_f32_to_fp16(type == ST_DTYPE_Q8_0 ? sc / 8 : sc)); break;
+            case ST_DTYPE_Q4_1:
+                kt_put16(blk, st_f32_to_fp16(sc));
+                kt_put16(blk + 2, st_f32_to_fp16(-8.0f * sc + 0.05f * kt_uniform(s)));
+                break;
+            case ST_DTYPE_Q6_K:
+                for (int k = 0; k < 16; k++)
+                    blk[192 + k] = (uint8_t)(int8_t)(kt_rng(s) % 64 - 32);
+                kt_put16(blk + 208, st_f32_to_fp16(sc / 64));
+                break;
+            default:
+                break;
+            }
+        }
+    }
+    t->name = "test.weight";
+    t->type = (st_dtype_t)type;
+    t->n_dims = 2;
+    t->ne[0] = (uint64_t)cols;
+    t->ne[1] = (uint64_t)rows;
+    t->ne[2] = t->ne[3] = 1;
+    t->row_bytes = rb;
+    t->nbytes = rb * (uint64_t)rows;
+    t->data = d;
+    return 0;
+}
+
+/* Opens the CPU backend at `isa` with `nth` threads; 0 on success. */
+static inline int kt_open(st_cpu_isa_t isa, int nth, uint32_t max_batch, uint32_t max_cols,
+                          st_backend_t *be)
+{
+    static const char *const env[] = {"scalar", "avx2", "avx512", "amx"};
+    st_backend_params_t p = { .size = sizeof p, .n_threads = nth, .max_batch = max_batch,
+                              .max_cols = max_cols };
+    st_error_t err = {{0}};
+    st_status_t st;
+    setenv("STRATA_CPU_ISA", env[isa], 1);
+    st = st_backend_open("cpu", &p, be, &err);
+    unsetenv("STRATA_CPU_ISA");
+    if (st != ST_OK)
+        fprintf(stderr, "  open cpu/%s x%d: %s\n", env[isa], nth, err.msg);
+    return st == ST_OK ? 0 : -1;
+}
+
+#endif /* KT_UTIL_H */
