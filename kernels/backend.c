@@ -5,16 +5,76 @@
  * backends exist is a build-time fact (CUDA needs nvcc), so there is no
  * registration order to get wrong and no mutable global.
  *
- * CUDA seam: kernels/cuda provides `const st_backend_ops_t
- * *st_backend_cuda_ops(void)` and kernels/CMakeLists.txt defines
- * STRATA_HAVE_CUDA on st_kernels when it builds that directory.
+ * CUDA: kernels/cuda provides `const st_backend_ops_t
+ * *st_backend_cuda_ops(void)`, built twice: as a static library that GPU
+ * tools link directly, and as the loadable module libstrata_cuda.so. The
+ * strata binary does not link CUDA at all: "cuda" is loaded with dlopen the
+ * first time it is asked for, so a CPU-only node needs no CUDA libraries and
+ * pays no memory for them (cuBLAS alone maps ~130 MB).
  */
+#include <dlfcn.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "st_kernels.h"
+#include "st_log.h"
 
 #ifdef STRATA_HAVE_CUDA
-const st_backend_ops_t *st_backend_cuda_ops(void);
+/* Defined when a tool links kernels/cuda statically; else NULL. */
+const st_backend_ops_t *st_backend_cuda_ops(void) __attribute__((weak));
+
+/* Looks for the module: $STRATA_CUDA_MODULE, then beside the executable,
+ * then ../lib relative to it, then the loader's search path. The handle is
+ * never closed: the backend's code must stay mapped while any instance
+ * lives, and loading twice returns the same handle. */
+static const st_backend_ops_t *cuda_from_module(void)
+{
+    char exe[PATH_MAX], path[PATH_MAX + 64];
+    const char *env = getenv("STRATA_CUDA_MODULE");
+    const char *cands[4];
+    size_t nc = 0;
+    ssize_t n;
+    void *h = NULL;
+
+    if (env && *env)
+        cands[nc++] = env;
+    n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n > 0) {
+        exe[n] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash)
+            *slash = '\0';
+    } else {
+        exe[0] = '\0';
+    }
+    for (size_t i = 0; i < nc && !h; i++)
+        h = dlopen(cands[i], RTLD_NOW | RTLD_LOCAL);
+    if (!h && exe[0]) {
+        snprintf(path, sizeof(path), "%s/libstrata_cuda.so", exe);
+        h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    }
+    if (!h && exe[0]) {
+        snprintf(path, sizeof(path), "%s/../lib/libstrata_cuda.so", exe);
+        h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    }
+    if (!h)
+        h = dlopen("libstrata_cuda.so", RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        st_warn("kernels", "cuda backend module not loadable: %s", dlerror());
+        return NULL;
+    }
+    const st_backend_ops_t *(*get)(void);
+    *(void **)&get = dlsym(h, "st_backend_cuda_ops");
+    return get ? get() : NULL;
+}
+
+static const st_backend_ops_t *cuda_ops(void)
+{
+    return st_backend_cuda_ops ? st_backend_cuda_ops() : cuda_from_module();
+}
 #endif
 
 typedef const st_backend_ops_t *(*ops_getter_t)(void);
@@ -22,7 +82,7 @@ typedef const st_backend_ops_t *(*ops_getter_t)(void);
 static const ops_getter_t backend_getters[] = {
     st_backend_cpu_ops,
 #ifdef STRATA_HAVE_CUDA
-    st_backend_cuda_ops,
+    cuda_ops,
 #endif
 };
 

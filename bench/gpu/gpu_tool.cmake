@@ -8,5 +8,5 @@
 add_executable(strata-gpu
   ${CMAKE_SOURCE_DIR}/bench/gpu/gpu_tool.c
   ${CMAKE_SOURCE_DIR}/bench/gpu/gpu_gen.c)
-target_link_libraries(strata-gpu PRIVATE st_worker st_model st_kernels st_common m)
+target_link_libraries(strata-gpu PRIVATE st_worker st_model st_kernels st_kernels_cuda st_common m)
 set_target_properties(strata-gpu PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bin)
