@@ -17,6 +17,12 @@
  *   printf("isa %s\n", st_cpu_isa_name(st_cpu_isa_best()));
  *   double gbps = st_cpu_read_bandwidth_gbps(96u << 20, 2);
  *
+ * STRATA_ACT_BITS=16 (default) or 8, also read once at backend creation,
+ * sets how activations are quantized for matmuls with Q4_0/Q4_1/Q8_0
+ * weights: two 8-bit levels (~15-bit activations; logits within ~1e-3 of
+ * a float64 reference) or one (faster prefill; logits off by up to ~0.3).
+ * Any other value makes backend creation fail with ST_ERR_INVALID.
+ *
  * st_cpu_read_bandwidth_gbps() is the yardstick for decode, which streams
  * every weight once per token: benchmarks report their GB/s against it.
  */

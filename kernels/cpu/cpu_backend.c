@@ -51,11 +51,29 @@ typedef struct cpu_ctx {
 
 /* ---- lifetime ---- */
 
+/* STRATA_ACT_BITS: 16 (default) quantizes activations for integer matmuls
+ * in two 8-bit levels, 8 in one (see cpu_impl.h). Read once here, so the
+ * per-op path never looks at the environment. */
+static st_status_t act_bits_select(int *out, st_error_t *err)
+{
+    const char *e = getenv("STRATA_ACT_BITS");
+    if (!e || !*e || !strcmp(e, "16")) {
+        *out = 16;
+        return ST_OK;
+    }
+    if (!strcmp(e, "8")) {
+        *out = 8;
+        return ST_OK;
+    }
+    return st_error_set(err, ST_ERR_INVALID, "STRATA_ACT_BITS='%.32s': expected 8 or 16", e);
+}
+
 static st_status_t cpu_create(const st_backend_params_t *p, void **out, st_error_t *err)
 {
     st_backend_params_t prm = {0};
     st_status_t status;
     cpu_ctx_t *c;
+    int act_bits = 16;
 
     if (!p || p->size < offsetof(st_backend_params_t, n_threads) + sizeof(int))
         return st_error_set(err, ST_ERR_INVALID, "cpu backend: params missing or size %u too small",
@@ -76,6 +94,9 @@ static st_status_t cpu_create(const st_backend_params_t *p, void **out, st_error
         return st_error_set(err, ST_ERR_RANGE, "cpu backend: max_batch %u / max_cols %u too large",
                             prm.max_batch, prm.max_cols);
 
+    status = act_bits_select(&act_bits, err);
+    if (status != ST_OK)
+        return status;
     c = calloc(1, sizeof *c);
     if (!c)
         return st_error_set(err, ST_ERR_NOMEM, "cpu backend: out of memory");
@@ -89,11 +110,12 @@ static st_status_t cpu_create(const st_backend_params_t *p, void **out, st_error
     status = st_pool_create(c->n_threads, &c->pool, err);
     if (status != ST_OK)
         goto err_ctx;
-    status = st_cpu_mm_init(&c->mm, c->k, c->pool, c->n_threads, prm.max_batch, prm.max_cols, err);
+    status = st_cpu_mm_init(&c->mm, c->k, c->pool, c->n_threads, act_bits, prm.max_batch,
+                            prm.max_cols, err);
     if (status != ST_OK)
         goto err_pool;
-    snprintf(c->desc, sizeof c->desc, "cpu %s, %d thread%s", st_cpu_isa_name(c->isa),
-             c->n_threads, c->n_threads == 1 ? "" : "s");
+    snprintf(c->desc, sizeof c->desc, "cpu %s, %d thread%s, %d-bit activations",
+             st_cpu_isa_name(c->isa), c->n_threads, c->n_threads == 1 ? "" : "s", act_bits);
     *out = c;
     return ST_OK;
 

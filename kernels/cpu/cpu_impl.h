@@ -18,17 +18,34 @@
  *   Q4_1: u = nibble,         D = d, O = m
  *   Q4_0: u = nibble,         D = d, O = -8 d
  *   Q8_0: u = q + 128 (u8),   D = d, O = -128 d
- * Activations are quantized per block of 32 to int8 q with a float scale
- * dx (q = round(x / dx), dx = max|x| / 127) and s = dx * sum(q). Then
- *   sum_i w_i x_i ~= D dx * sum_i u_i q_i + O s
- * and sum u*q is exactly what VNNI's vpdpbusd (u8 x s8) computes. The
- * scalar and AVX2 levels compute the same quantity their own way (AVX2
- * keeps Q8_0 signed because maddubs would saturate on u = q + 128).
+ * Activations are quantized per block of 32 in one or two 8-bit levels
+ * (STRATA_ACT_BITS=8 or 16, read once at backend creation):
+ *   level 1: d1 = max|x| / 127, q1 = round(x / d1)          (|q1| <= 127)
+ *   level 2: r = x - d1 q1 (one fma), d2 = d1 / 127,
+ *            q2 = round(r / d2)                               (|q2| <= 64)
+ * so x ~= d1 q1 + d2 q2 = d2 (127 q1 + q2), a ~15-bit activation. With
+ * c = q1 (8-bit) or 127 q1 + q2 (16-bit) and dx = d1 or d2,
+ *   sum_i w_i x_i ~= D dx * sum_i u_i c_i + O s,   s = dx * sum(c)
+ * and sum u*c = 127 sum(u q1) + sum(u q2) is two integer dots on the SAME
+ * loaded weight block, combined exactly in int32 (|.| < 2^31 for u <= 255)
+ * before the one float conversion: weights are read once, only the
+ * integer work doubles. sum u*q is exactly what VNNI's vpdpbusd (u8 x s8)
+ * and AMX's TDPBUSD compute. The scalar and AVX2 levels compute the same
+ * quantity their own way (AVX2 keeps Q8_0 signed because maddubs would
+ * saturate on u = q + 128).
+ *
+ * Why two levels: with 8-bit activations the real model's logits moved by
+ * up to 0.3 (different per ISA), enough to flip greedy answers whose top-2
+ * margin is ~0.1; the second level brings them within ~1e-3 of their range
+ * (max|err| / max|logit| per position, against float64; docs/KERNELS.md).
+ * Scales below ~1e-34 lose precision in d2 (a subnormal) and blocks whose
+ * d2 underflows to zero read as zero: far below anything a model produces.
  *
  * Activation row layout (one row per token, `stride` bytes, 64-aligned),
  * blocks taken in pairs (b0 = 2p, b1 = 2p + 1; a missing last b1 is zero):
  *   q    [np][64] int8: b0 q0..15 | b1 q0..15 | b0 q16..31 | b1 q16..31
  *                        so that nibble-expanded Q4 pairs line up with it
+ *   q2   [np][64] int8: level-2 values, same order (two-level rows only)
  *   xv   [np][4]  f32:  dx0, s0, dx1, s1
  *   dx16 [np][16] f32:  dx0 x4, dx1 x4, dx0 x4, dx1 x4 (only when asked:
  *                        the AVX-512 tile kernel's lane pattern)
@@ -65,17 +82,21 @@ static inline void st_cpu_relax(void)
 typedef struct st_q8_layout {
     int    nb;        /* blocks per row */
     int    np;        /* block pairs per row, (nb + 1) / 2 */
-    size_t xv_off;    /* byte offsets inside one row */
+    int    two;       /* 1: two-level (16-bit) activations, q2 present */
+    size_t q2_off;    /* byte offsets inside one row (q2_off: two only) */
+    size_t xv_off;
     size_t dx16_off;
     size_t s_off;
     size_t stride;    /* bytes per activation row, multiple of 64 */
 } st_q8_layout_t;
 
-static inline void st_q8_layout(int cols, st_q8_layout_t *L)
+static inline void st_q8_layout(int cols, int two, st_q8_layout_t *L)
 {
     L->nb = cols / ST_QK;
     L->np = (L->nb + 1) / 2;
-    L->xv_off = (size_t)L->np * 64;
+    L->two = two != 0;
+    L->q2_off = (size_t)L->np * 64;
+    L->xv_off = L->q2_off + (two ? (size_t)L->np * 64 : 0);
     L->dx16_off = L->xv_off + (size_t)L->np * 16;
     L->s_off = L->dx16_off + (size_t)L->np * 64;
     L->stride = ST_ALIGN_UP(L->s_off + (size_t)L->np * 8, (size_t)64);
@@ -105,7 +126,7 @@ typedef struct st_qmm_args {
 typedef struct st_cpu_kernels {
     st_cpu_isa_t isa;
     /* Quantize one activation row of `cols` floats into the layout above;
-     * with_dx16 also fills dx16. */
+     * with_dx16 also fills dx16. L->two selects one or two levels. */
     void (*quantize_row)(const float *x, const st_q8_layout_t *L, uint8_t *row, int with_dx16);
     /* out for rows [r0, r1) and all n tokens, weights read in place; any n. */
     void (*qgemv)(const st_qmm_args_t *a, int r0, int r1, void *scratch);
@@ -118,7 +139,8 @@ typedef struct st_cpu_kernels {
     int tile_min_n;
     /* Optional: a second activation layout for qgemm when n >= repack_min_n
      * (AMX tiles). repack() writes token t (t < n_pad) from its quantized
-     * row, or zeros when !valid (padding up to n_pad). */
+     * row, or zeros when !valid (padding up to n_pad); both levels when
+     * L->two. repack_bytes depends on L->two too. */
     void (*repack)(const uint8_t *xrow, const st_q8_layout_t *L, int t, int n_pad, int valid,
                    uint8_t *xq2);
     size_t (*repack_bytes)(int n_pad, const st_q8_layout_t *L);
@@ -167,6 +189,7 @@ typedef struct st_cpu_mm {
     const st_cpu_kernels_t *k;
     struct st_pool         *pool;
     int                     n_threads;
+    int                     act_two;     /* two-level activations (STRATA_ACT_BITS=16) */
     uint32_t                max_batch;
     uint32_t                max_cols;
     uint8_t                *xq;          /* max_batch activation rows */
@@ -176,8 +199,9 @@ typedef struct st_cpu_mm {
     size_t                  tscratch_bytes;
 } st_cpu_mm_t;
 
+/* act_bits: 8 or 16 (see the formulation above). */
 st_status_t st_cpu_mm_init(st_cpu_mm_t *mm, const st_cpu_kernels_t *k, struct st_pool *pool,
-                           int n_threads, uint32_t max_batch, uint32_t max_cols,
+                           int n_threads, int act_bits, uint32_t max_batch, uint32_t max_cols,
                            st_error_t *err);
 void st_cpu_mm_fini(st_cpu_mm_t *mm);
 void st_cpu_mm_run(st_cpu_mm_t *mm, const st_tensor_t *w, const float *x, int n, float *out);

@@ -15,8 +15,17 @@
  * with AVX-512: acc[m][t] = fma(O_m, s_t, fma(float(C[m][t]), D_m dx_t, acc)).
  * A step handles 32 rows x 32 tokens (4 C tiles, 2 A, 2 B = all 8 tiles).
  *
+ * Two-level activations (cpu_impl.h) need two products per block with the
+ * same A tile: there the second B tile holds the q2 plane of the SAME 16
+ * tokens instead of the next 16, a step is 32 rows x 16 tokens, and the
+ * fold takes 127 * C(q1) + C(q2) (exact in int32) before the conversion.
+ * Each weight block is still expanded once per 32 rows and loaded into
+ * the A tiles once per 16 tokens.
+ *
  * Repacked activations (xq2), n_pad = n rounded up to 16:
- *   tiles [n_pad/16][nb][8][64] int8, dx [nb][n_pad] f32, s [nb][n_pad] f32
+ *   tiles  [n_pad/16][nb][8][64] int8   level 1
+ *   tiles2 [n_pad/16][nb][8][64] int8   level 2 (two-level only)
+ *   dx [nb][n_pad] f32, s [nb][n_pad] f32
  */
 #include <immintrin.h>
 #include <string.h>
@@ -62,30 +71,41 @@ static void amx_configure(void)
 
 static size_t repack_bytes_amx(int n_pad, const st_q8_layout_t *L)
 {
-    return (size_t)n_pad * L->nb * 40 + 64;
+    return (size_t)n_pad * L->nb * (L->two ? 72 : 40) + 64;
+}
+
+/* Bytes of one plane of tiles. */
+static size_t tiles_bytes(int n_pad, const st_q8_layout_t *L)
+{
+    return (size_t)n_pad * L->nb * 32;
 }
 
 static void repack_amx(const uint8_t *xrow, const st_q8_layout_t *L, int t, int n_pad, int valid,
                        uint8_t *xq2)
 {
     const int nb = L->nb, g = t / 16, c = t % 16;
-    float *dx = (float *)(xq2 + (size_t)n_pad * nb * 32);
+    const size_t plane = tiles_bytes(n_pad, L);
+    float *dx = (float *)(xq2 + plane * (L->two ? 2 : 1));
     float *s = dx + (size_t)nb * n_pad;
-    const int8_t *q = (const int8_t *)xrow;
-    const float *xv = (const float *)(xrow + L->xv_off);
+    const float *xv = (const float *)(xrow ? xrow + L->xv_off : NULL);
 
     for (int b = 0; b < nb; b++) {
-        uint8_t *tile = xq2 + ((size_t)g * nb + b) * 512 + (size_t)c * 4;
         int p = b >> 1, h = b & 1;
+        for (int lv = 0; lv <= L->two; lv++) {
+            uint8_t *tile = xq2 + plane * (size_t)lv + ((size_t)g * nb + b) * 512 + (size_t)c * 4;
+            const int8_t *q = (const int8_t *)(xrow ? xrow + (lv ? L->q2_off : 0) : NULL);
+            /* values 4*k4 .. 4*k4+3 of block b, contiguous in the paired layout */
+            for (int k4 = 0; k4 < 8; k4++) {
+                if (valid)
+                    memcpy(tile + k4 * 64, q + p * 64 + (k4 >> 2) * 32 + h * 16 + (k4 & 3) * 4, 4);
+                else
+                    memset(tile + k4 * 64, 0, 4);
+            }
+        }
         if (!valid) {
-            for (int k4 = 0; k4 < 8; k4++)
-                memset(tile + k4 * 64, 0, 4);
             dx[(size_t)b * n_pad + t] = s[(size_t)b * n_pad + t] = 0.0f;
             continue;
         }
-        /* values 4*k4 .. 4*k4+3 of block b, contiguous in the paired layout */
-        for (int k4 = 0; k4 < 8; k4++)
-            memcpy(tile + k4 * 64, q + p * 64 + (k4 >> 2) * 32 + h * 16 + (k4 & 3) * 4, 4);
         dx[(size_t)b * n_pad + t] = xv[p * 4 + 2 * h];
         s[(size_t)b * n_pad + t] = xv[p * 4 + 2 * h + 1];
     }
@@ -157,14 +177,20 @@ static inline __attribute__((always_inline)) void amx_prep(int type, const st_qm
     }
 }
 
-/* acc[m][16 tokens] for rows m0..m0+15 from one C tile. */
-static inline __attribute__((always_inline)) void amx_fold(float *acc, const int32_t *ct, int m0,
-                                                            int col, const float *d,
-                                                            const float *o, __m512 dxv, __m512 sv)
+/* acc[m][16 tokens] for rows m0..m0+15 from one C tile, or when two from
+ * 127 * ct + ct2 (the q1 and q2 products of the same rows and tokens). */
+static inline __attribute__((always_inline)) void amx_fold(int two, float *acc, const int32_t *ct,
+                                                            const int32_t *ct2, int m0, int col,
+                                                            const float *d, const float *o,
+                                                            __m512 dxv, __m512 sv)
 {
     for (int i = 0; i < 16; i++) {
         int m = m0 + i;
-        __m512 cv = _mm512_cvtepi32_ps(_mm512_load_si512(ct + i * 16));
+        __m512i ci = _mm512_load_si512(ct + i * 16);
+        if (two)
+            ci = _mm512_add_epi32(_mm512_sub_epi32(_mm512_slli_epi32(ci, 7), ci),
+                                  _mm512_load_si512(ct2 + i * 16));
+        __m512 cv = _mm512_cvtepi32_ps(ci);
         __m512 sc = _mm512_mul_ps(dxv, _mm512_set1_ps(d[m]));
         __m512 v = _mm512_fmadd_ps(cv, sc, _mm512_load_ps(acc + m * 32 + col));
         v = _mm512_fmadd_ps(_mm512_set1_ps(o[m]), sv, v);
@@ -172,16 +198,18 @@ static inline __attribute__((always_inline)) void amx_fold(float *acc, const int
     }
 }
 
-/* Tile work of block b: C0..C3 = A(b) x B(b) for the rows/tokens present. */
+/* Tile work of block b: C0..C3 = A(b) x B(b) for the rows/tokens present.
+ * bt1 is the second B tile's plane: the next 16 tokens, or the q2 plane. */
 static inline __attribute__((always_inline)) void amx_mul(const amx_buf_t *B, const uint8_t *bt0,
-                                                           int nb, int b, int two_r, int two_t)
+                                                           const uint8_t *bt1, int b, int two_r,
+                                                           int two_t)
 {
     _tile_loadd(TA0, B->w + (size_t)b * 1024, 32);
     _tile_loadd(TB0, bt0 + (size_t)b * 512, 64);
     _tile_zero(TC0);
     _tile_dpbusd(TC0, TA0, TB0);
     if (two_t) {
-        _tile_loadd(TB1, bt0 + (size_t)(nb + b) * 512, 64);
+        _tile_loadd(TB1, bt1 + (size_t)b * 512, 64);
         _tile_zero(TC1);
         _tile_dpbusd(TC1, TA0, TB1);
     }
@@ -208,50 +236,61 @@ static inline __attribute__((always_inline)) void amx_store(int32_t *c, int two_
     }
 }
 
-static inline __attribute__((always_inline)) void qgemm_amx_type(int type, const st_qmm_args_t *a,
-                                                                  int r0, int r1, const amx_buf_t *B)
+static inline __attribute__((always_inline)) void qgemm_amx_type(int type, int two,
+                                                                  const st_qmm_args_t *a, int r0,
+                                                                  int r1, const amx_buf_t *B)
 {
     const int nb = a->L.nb, n_pad = a->n_pad;
-    const float *dx = (const float *)(a->xq2 + (size_t)n_pad * nb * 32);
+    const size_t plane = tiles_bytes(n_pad, &a->L);
+    const float *dx = (const float *)(a->xq2 + plane * (two ? 2 : 1));
     const float *sx = dx + (size_t)nb * n_pad;
+    const int tstep = two ? 16 : 32;
     const __m512i gidx = _mm512_setr_epi32(0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352,
                                            384, 416, 448, 480);
 
     for (int rg = r0; rg < r1; rg += 32) {
         const int nr = ST_MIN(32, r1 - rg), two_r = nr > 16;
         amx_prep(type, a, rg, nr, B);
-        for (int tg = 0; tg < n_pad; tg += 32) {
-            const int two_t = tg + 16 < n_pad;
+        for (int tg = 0; tg < n_pad; tg += tstep) {
+            /* C1/C3 hold the next 16 tokens, or with two the q2 products */
+            const int two_t = two || tg + 16 < n_pad;
             const uint8_t *bt0 = a->xq2 + (size_t)(tg / 16) * nb * 512;
+            const uint8_t *bt1 = two ? bt0 + plane : bt0 + (size_t)nb * 512;
             memset(B->acc, 0, 4096);
             /* Software pipeline: the tiles multiply block b + 1 while the
              * vector units fold block b from the other half of c (A/B on
              * Q4_1 1536x576, n = 128: 0.46-0.50 ms against 0.54-0.58 ms for
              * multiply, store, fold in sequence). */
-            amx_mul(B, bt0, nb, 0, two_r, two_t);
+            amx_mul(B, bt0, bt1, 0, two_r, two_t);
             amx_store(B->c, two_r, two_t);
             for (int b = 0; b < nb; b++) {
                 const int32_t *cb = B->c + (b & 1) * 1024;
                 if (b + 1 < nb)
-                    amx_mul(B, bt0, nb, b + 1, two_r, two_t);
+                    amx_mul(B, bt0, bt1, b + 1, two_r, two_t);
                 const float *d = B->d + b * 32, *o = B->o + b * 32;
                 __m512 dx0 = _mm512_loadu_ps(dx + (size_t)b * n_pad + tg);
                 __m512 s0 = _mm512_loadu_ps(sx + (size_t)b * n_pad + tg);
-                amx_fold(B->acc, cb, 0, 0, d, o, dx0, s0);
-                if (two_r)
-                    amx_fold(B->acc, cb + 512, 16, 0, d, o, dx0, s0);
-                if (two_t) {
-                    __m512 dx1 = _mm512_loadu_ps(dx + (size_t)b * n_pad + tg + 16);
-                    __m512 s1 = _mm512_loadu_ps(sx + (size_t)b * n_pad + tg + 16);
-                    amx_fold(B->acc, cb + 256, 0, 16, d, o, dx1, s1);
+                if (two) {
+                    amx_fold(1, B->acc, cb, cb + 256, 0, 0, d, o, dx0, s0);
                     if (two_r)
-                        amx_fold(B->acc, cb + 768, 16, 16, d, o, dx1, s1);
+                        amx_fold(1, B->acc, cb + 512, cb + 768, 16, 0, d, o, dx0, s0);
+                } else {
+                    amx_fold(0, B->acc, cb, NULL, 0, 0, d, o, dx0, s0);
+                    if (two_r)
+                        amx_fold(0, B->acc, cb + 512, NULL, 16, 0, d, o, dx0, s0);
+                    if (two_t) {
+                        __m512 dx1 = _mm512_loadu_ps(dx + (size_t)b * n_pad + tg + 16);
+                        __m512 s1 = _mm512_loadu_ps(sx + (size_t)b * n_pad + tg + 16);
+                        amx_fold(0, B->acc, cb + 256, NULL, 0, 16, d, o, dx1, s1);
+                        if (two_r)
+                            amx_fold(0, B->acc, cb + 768, NULL, 16, 16, d, o, dx1, s1);
+                    }
                 }
                 if (b + 1 < nb)
                     amx_store(B->c + ((b + 1) & 1) * 1024, two_r, two_t);
             }
             /* acc is [row][token]; out is [token][row] */
-            for (int j = 0; j < 32 && tg + j < a->n; j++) {
+            for (int j = 0; j < tstep && tg + j < a->n; j++) {
                 float *dst = a->out + (size_t)(tg + j) * a->ldo + rg;
                 for (int m0 = 0; m0 < nr; m0 += 16) {
                     int left = nr - m0;
@@ -275,10 +314,13 @@ static void qgemm_amx(const st_qmm_args_t *a, int r0, int r1, void *scratch)
     /* The tile configuration is per thread; releasing it afterwards keeps
      * idle threads from carrying 8 KiB of tile state through switches. */
     amx_configure();
-    switch (a->type) {
-    case ST_DTYPE_Q4_1: qgemm_amx_type(ST_DTYPE_Q4_1, a, r0, r1, &B); break;
-    case ST_DTYPE_Q4_0: qgemm_amx_type(ST_DTYPE_Q4_0, a, r0, r1, &B); break;
-    default:            qgemm_amx_type(ST_DTYPE_Q8_0, a, r0, r1, &B); break;
+    switch (a->type * 2 + a->L.two) {
+    case ST_DTYPE_Q4_1 * 2:     qgemm_amx_type(ST_DTYPE_Q4_1, 0, a, r0, r1, &B); break;
+    case ST_DTYPE_Q4_1 * 2 + 1: qgemm_amx_type(ST_DTYPE_Q4_1, 1, a, r0, r1, &B); break;
+    case ST_DTYPE_Q4_0 * 2:     qgemm_amx_type(ST_DTYPE_Q4_0, 0, a, r0, r1, &B); break;
+    case ST_DTYPE_Q4_0 * 2 + 1: qgemm_amx_type(ST_DTYPE_Q4_0, 1, a, r0, r1, &B); break;
+    case ST_DTYPE_Q8_0 * 2:     qgemm_amx_type(ST_DTYPE_Q8_0, 0, a, r0, r1, &B); break;
+    default:                    qgemm_amx_type(ST_DTYPE_Q8_0, 1, a, r0, r1, &B); break;
     }
     _tile_release();
 }

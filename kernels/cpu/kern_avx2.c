@@ -66,23 +66,40 @@ INLINE int hsum256_epi32(__m256i v)
 
 /* ---- activation quantization (same results as the scalar version) ---- */
 
+/* Packs 32 int32 (four vectors of 8, in order) to int8 at lo[0..15], hi[0..15]. */
+INLINE void store_q8x32(const __m256i qi[4], int8_t *lo, int8_t *hi)
+{
+    /* packs interleave 128-bit lanes; the permute restores order */
+    __m256i p16a = _mm256_packs_epi32(qi[0], qi[1]);
+    __m256i p16b = _mm256_packs_epi32(qi[2], qi[3]);
+    __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+    p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm_storeu_si128((__m128i *)lo, _mm256_castsi256_si128(p8));
+    _mm_storeu_si128((__m128i *)hi, _mm256_extracti128_si256(p8, 1));
+}
+
 static void quantize_row_avx2(const float *x, const st_q8_layout_t *L, uint8_t *row,
                               int with_dx16)
 {
-    int8_t *q = (int8_t *)row;
+    int8_t *q = (int8_t *)row, *q2 = (int8_t *)(row + L->q2_off);
     float *xv = (float *)(row + L->xv_off);
     float *dx16 = (float *)(row + L->dx16_off);
     float *s = (float *)(row + L->s_off);
     const __m256 sign = _mm256_set1_ps(-0.0f);
 
     for (int p = 0; p < L->np; p++) {
-        float d2[2] = {0.0f, 0.0f};
+        float dd[2] = {0.0f, 0.0f};
         for (int h = 0; h < 2; h++) {
             int b = 2 * p + h;
             int8_t *lo = q + p * 64 + h * 16, *hi = lo + 32;
+            int8_t *lo2 = q2 + p * 64 + h * 16, *hi2 = lo2 + 32;
             if (b >= L->nb) {
                 memset(lo, 0, 16);
                 memset(hi, 0, 16);
+                if (L->two) {
+                    memset(lo2, 0, 16);
+                    memset(hi2, 0, 16);
+                }
                 xv[p * 4 + 2 * h] = xv[p * 4 + 2 * h + 1] = s[b] = 0.0f;
                 continue;
             }
@@ -102,73 +119,120 @@ static void quantize_row_avx2(const float *x, const st_q8_layout_t *L, uint8_t *
             __m256i qi[4];
             for (int k = 0; k < 4; k++)
                 qi[k] = _mm256_cvtps_epi32(_mm256_mul_ps(v[k], vid));
+            store_q8x32(qi, lo, hi);
+            if (L->two) {
+                float d2 = d / 127.0f;
+                float id2 = d2 != 0.0f ? 1.0f / d2 : 0.0f;
+                __m256 vd = _mm256_set1_ps(d), vid2 = _mm256_set1_ps(id2);
+                const __m256i k127 = _mm256_set1_epi32(127);
+                __m256i q2i[4];
+                for (int k = 0; k < 4; k++) {
+                    __m256 r = _mm256_fnmadd_ps(vd, _mm256_cvtepi32_ps(qi[k]), v[k]);
+                    q2i[k] = _mm256_cvtps_epi32(_mm256_mul_ps(r, vid2));
+                }
+                store_q8x32(q2i, lo2, hi2);
+                for (int k = 0; k < 4; k++)
+                    qi[k] = _mm256_add_epi32(_mm256_mullo_epi32(qi[k], k127), q2i[k]);
+                d = d2;
+            }
             __m256i sum = _mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3]));
-            /* packs interleave 128-bit lanes; the permute restores order */
-            __m256i p16a = _mm256_packs_epi32(qi[0], qi[1]);
-            __m256i p16b = _mm256_packs_epi32(qi[2], qi[3]);
-            __m256i p8 = _mm256_packs_epi16(p16a, p16b);
-            p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-            _mm_storeu_si128((__m128i *)lo, _mm256_castsi256_si128(p8));
-            _mm_storeu_si128((__m128i *)hi, _mm256_extracti128_si256(p8, 1));
-            d2[h] = d;
+            dd[h] = d;
             xv[p * 4 + 2 * h] = d;
             xv[p * 4 + 2 * h + 1] = s[b] = d * (float)hsum256_epi32(sum);
         }
         if (with_dx16)
             for (int i = 0; i < 16; i++)
-                dx16[p * 16 + i] = d2[(i >> 2) & 1];
+                dx16[p * 16 + i] = dd[(i >> 2) & 1];
     }
 }
 
 /* ---- qgemv ---- */
 
-INLINE __m256i pair_dot(int type, const uint8_t *b0, const uint8_t *b1, __m256i xa, __m256i xb)
+/* The 16-bit pair sums of u * c for one activation plane (xa, xb). */
+INLINE void pair_p16(int type, __m256i wl, __m256i wh, __m256i xa, __m256i xb, __m256i *pl,
+                     __m256i *ph)
 {
-    const __m256i ones = _mm256_set1_epi16(1);
+    if (type == ST_DTYPE_Q8_0) {
+        /* |w| <= 128, |c| <= 127: pair sums <= 32512, no saturation */
+        *pl = _mm256_maddubs_epi16(_mm256_abs_epi8(wl), _mm256_sign_epi8(xa, wl));
+        *ph = _mm256_maddubs_epi16(_mm256_abs_epi8(wh), _mm256_sign_epi8(xb, wh));
+    } else {
+        /* |pair sums| <= 2 * 15 * 127 each, their sum fits int16 */
+        *pl = _mm256_add_epi16(_mm256_maddubs_epi16(wl, xa), _mm256_maddubs_epi16(wh, xb));
+        *ph = _mm256_setzero_si256();
+    }
+}
+
+/* int32 lanes of sum w * c for a block pair: c = q1, or 127 q1 + q2 when
+ * two (the x127 rides on the 16 -> 32-bit widening madd for free). */
+INLINE __m256i pair_dot(int type, int two, const uint8_t *b0, const uint8_t *b1, const __m256i *x)
+{
+    const __m256i ones = _mm256_set1_epi16(1), k127 = _mm256_set1_epi16(127);
+    __m256i wl, wh, pl, ph, dot;
     if (type == ST_DTYPE_Q8_0) {
         __m128i l0 = _mm_loadu_si128((const __m128i *)(b0 + 2));
         __m128i h0 = _mm_loadu_si128((const __m128i *)(b0 + 18));
         __m128i l1 = b1 ? _mm_loadu_si128((const __m128i *)(b1 + 2)) : _mm_setzero_si128();
         __m128i h1 = b1 ? _mm_loadu_si128((const __m128i *)(b1 + 18)) : _mm_setzero_si128();
-        __m256i wl = _mm256_set_m128i(l1, l0), wh = _mm256_set_m128i(h1, h0);
-        __m256i pl = _mm256_maddubs_epi16(_mm256_abs_epi8(wl), _mm256_sign_epi8(xa, wl));
-        __m256i ph = _mm256_maddubs_epi16(_mm256_abs_epi8(wh), _mm256_sign_epi8(xb, wh));
-        return _mm256_add_epi32(_mm256_madd_epi16(pl, ones), _mm256_madd_epi16(ph, ones));
+        wl = _mm256_set_m128i(l1, l0);
+        wh = _mm256_set_m128i(h1, h0);
     } else {
         const int off = type == ST_DTYPE_Q4_1 ? 4 : 2;
         const __m256i m4 = _mm256_set1_epi8(0x0F);
         __m128i v0 = _mm_loadu_si128((const __m128i *)(b0 + off));
         __m128i v1 = b1 ? _mm_loadu_si128((const __m128i *)(b1 + off)) : _mm_setzero_si128();
         __m256i v = _mm256_set_m128i(v1, v0);
-        __m256i wl = _mm256_and_si256(v, m4);
-        __m256i wh = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-        /* |pair sums| <= 2 * 15 * 127 each, their sum fits int16 */
-        __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(wl, xa), _mm256_maddubs_epi16(wh, xb));
-        return _mm256_madd_epi16(p, ones);
+        wl = _mm256_and_si256(v, m4);
+        wh = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
     }
+    pair_p16(type, wl, wh, x[0], x[1], &pl, &ph);
+    const __m256i m1 = two ? k127 : ones;
+    dot = _mm256_madd_epi16(pl, m1);
+    if (type == ST_DTYPE_Q8_0)
+        dot = _mm256_add_epi32(dot, _mm256_madd_epi16(ph, m1));
+    if (two) {
+        pair_p16(type, wl, wh, x[2], x[3], &pl, &ph);
+        dot = _mm256_add_epi32(dot, _mm256_madd_epi16(pl, ones));
+        if (type == ST_DTYPE_Q8_0)
+            dot = _mm256_add_epi32(dot, _mm256_madd_epi16(ph, ones));
+    }
+    return dot;
 }
 
-INLINE void gemv_pair(int type, const uint8_t *b0, const uint8_t *b1, __m256i xa, __m256i xb,
+INLINE void gemv_pair(int type, int two, const uint8_t *b0, const uint8_t *b1, const __m256i *x,
                       __m128 xvp, __m256 *acc, __m128 *accm)
 {
     const __m256i idx = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
-    __m256i dot = pair_dot(type, b0, b1, xa, xb);
+    __m256i dot = pair_dot(type, two, b0, b1, x);
     __m128 sc4 = _mm_mul_ps(pair_dm(type, b0, b1), xvp);
     *accm = _mm_add_ps(*accm, sc4);
     __m256 sc8 = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(sc4), idx);
     *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc8, *acc);
 }
 
-INLINE void gemv_rows(int type, const st_qmm_args_t *a, int r, int R, const uint8_t *xrow,
-                      float *out)
+/* Activation planes of pair p: q1 (lo, hi) and, when two, q2 (lo, hi). */
+INLINE void load_x(int two, const uint8_t *xrow, const st_q8_layout_t *L, int p, __m256i *x)
+{
+    const int8_t *q = (const int8_t *)xrow + p * 64;
+    x[0] = _mm256_loadu_si256((const __m256i *)q);
+    x[1] = _mm256_loadu_si256((const __m256i *)(q + 32));
+    if (two) {
+        const int8_t *q2 = (const int8_t *)(xrow + L->q2_off) + p * 64;
+        x[2] = _mm256_loadu_si256((const __m256i *)q2);
+        x[3] = _mm256_loadu_si256((const __m256i *)(q2 + 32));
+    }
+}
+
+INLINE void gemv_rows(int type, int two, const st_qmm_args_t *a, int r, int R,
+                      const uint8_t *xrow, float *out)
 {
     const int bb = st_qblock_bytes(type);
     const int nfull = a->L.nb / 2;
-    const int8_t *q = (const int8_t *)xrow;
     const float *xv = (const float *)(xrow + a->L.xv_off);
     const uint8_t *wr[4];
     __m256 acc[4];
     __m128 accm[4];
+    __m256i x[4];
 
     for (int i = 0; i < R; i++) {
         wr[i] = a->w + (size_t)(r + i) * a->w_stride;
@@ -176,22 +240,20 @@ INLINE void gemv_rows(int type, const st_qmm_args_t *a, int r, int R, const uint
         accm[i] = _mm_setzero_ps();
     }
     for (int p = 0; p < nfull; p++) {
-        __m256i xa = _mm256_loadu_si256((const __m256i *)(q + p * 64));
-        __m256i xb = _mm256_loadu_si256((const __m256i *)(q + p * 64 + 32));
+        load_x(two, xrow, &a->L, p, x);
         __m128 xvp = _mm_loadu_ps(xv + p * 4);
         for (int i = 0; i < R; i++) {
             const uint8_t *b0 = wr[i] + (size_t)(2 * p) * bb;
             _mm_prefetch((const char *)(b0 + ST_GEMV_PREFETCH), _MM_HINT_T0);
-            gemv_pair(type, b0, b0 + bb, xa, xb, xvp, &acc[i], &accm[i]);
+            gemv_pair(type, two, b0, b0 + bb, x, xvp, &acc[i], &accm[i]);
         }
     }
     if (a->L.nb & 1) {
         int p = nfull;
-        __m256i xa = _mm256_loadu_si256((const __m256i *)(q + p * 64));
-        __m256i xb = _mm256_loadu_si256((const __m256i *)(q + p * 64 + 32));
+        load_x(two, xrow, &a->L, p, x);
         __m128 xvp = _mm_loadu_ps(xv + p * 4);
         for (int i = 0; i < R; i++)
-            gemv_pair(type, wr[i] + (size_t)(2 * p) * bb, NULL, xa, xb, xvp, &acc[i], &accm[i]);
+            gemv_pair(type, two, wr[i] + (size_t)(2 * p) * bb, NULL, x, xvp, &acc[i], &accm[i]);
     }
     for (int i = 0; i < R; i++) {
         float m[4];
@@ -200,26 +262,29 @@ INLINE void gemv_rows(int type, const st_qmm_args_t *a, int r, int R, const uint
     }
 }
 
-INLINE void qgemv_type(int type, const st_qmm_args_t *a, int r0, int r1)
+INLINE void qgemv_type(int type, int two, const st_qmm_args_t *a, int r0, int r1)
 {
     for (int t = 0; t < a->n; t++) {
         const uint8_t *xrow = a->xq + (size_t)t * a->L.stride;
         float *o = a->out + (size_t)t * a->ldo;
         int r = r0;
         for (; r + 4 <= r1; r += 4)
-            gemv_rows(type, a, r, 4, xrow, o + r);
+            gemv_rows(type, two, a, r, 4, xrow, o + r);
         for (; r < r1; r++)
-            gemv_rows(type, a, r, 1, xrow, o + r);
+            gemv_rows(type, two, a, r, 1, xrow, o + r);
     }
 }
 
 static void qgemv_avx2(const st_qmm_args_t *a, int r0, int r1, void *scratch)
 {
     (void)scratch;
-    switch (a->type) {
-    case ST_DTYPE_Q4_1: qgemv_type(ST_DTYPE_Q4_1, a, r0, r1); break;
-    case ST_DTYPE_Q4_0: qgemv_type(ST_DTYPE_Q4_0, a, r0, r1); break;
-    default:            qgemv_type(ST_DTYPE_Q8_0, a, r0, r1); break;
+    switch (a->type * 2 + a->L.two) {
+    case ST_DTYPE_Q4_1 * 2:     qgemv_type(ST_DTYPE_Q4_1, 0, a, r0, r1); break;
+    case ST_DTYPE_Q4_1 * 2 + 1: qgemv_type(ST_DTYPE_Q4_1, 1, a, r0, r1); break;
+    case ST_DTYPE_Q4_0 * 2:     qgemv_type(ST_DTYPE_Q4_0, 0, a, r0, r1); break;
+    case ST_DTYPE_Q4_0 * 2 + 1: qgemv_type(ST_DTYPE_Q4_0, 1, a, r0, r1); break;
+    case ST_DTYPE_Q8_0 * 2:     qgemv_type(ST_DTYPE_Q8_0, 0, a, r0, r1); break;
+    default:                    qgemv_type(ST_DTYPE_Q8_0, 1, a, r0, r1); break;
     }
 }
 

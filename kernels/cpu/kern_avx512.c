@@ -54,7 +54,7 @@ INLINE __m128 reduce4_256(__m256 a0, __m256 a1, __m256 a2, __m256 a3)
 static void quantize_row_avx512(const float *x, const st_q8_layout_t *L, uint8_t *row,
                                 int with_dx16)
 {
-    int8_t *q = (int8_t *)row;
+    int8_t *q = (int8_t *)row, *q2 = (int8_t *)(row + L->q2_off);
     float *xv = (float *)(row + L->xv_off);
     float *dx16 = (float *)(row + L->dx16_off);
     float *s = (float *)(row + L->s_off);
@@ -65,9 +65,14 @@ static void quantize_row_avx512(const float *x, const st_q8_layout_t *L, uint8_t
         for (int h = 0; h < 2; h++) {
             int b = 2 * p + h;
             int8_t *lo = q + p * 64 + h * 16, *hi = lo + 32;
+            int8_t *lo2 = q2 + p * 64 + h * 16, *hi2 = lo2 + 32;
             if (b >= L->nb) {
                 memset(lo, 0, 16);
                 memset(hi, 0, 16);
+                if (L->two) {
+                    memset(lo2, 0, 16);
+                    memset(hi2, 0, 16);
+                }
                 xv[p * 4 + 2 * h] = xv[p * 4 + 2 * h + 1] = s[b] = 0.0f;
                 continue;
             }
@@ -82,6 +87,23 @@ static void quantize_row_avx512(const float *x, const st_q8_layout_t *L, uint8_t
             __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, vid));
             _mm_storeu_si128((__m128i *)lo, _mm512_cvtsepi32_epi8(q0));
             _mm_storeu_si128((__m128i *)hi, _mm512_cvtsepi32_epi8(q1));
+            if (L->two) {
+                /* level 2 on the residual; same operations as the scalar
+                 * reference (fma residual, reciprocal, round to even) */
+                float dl2 = d / 127.0f;
+                float id2 = dl2 != 0.0f ? 1.0f / dl2 : 0.0f;
+                __m512 vd = _mm512_set1_ps(d), vid2 = _mm512_set1_ps(id2);
+                const __m512i k127 = _mm512_set1_epi32(127);
+                __m512i r0 = _mm512_cvtps_epi32(
+                    _mm512_mul_ps(_mm512_fnmadd_ps(vd, _mm512_cvtepi32_ps(q0), v0), vid2));
+                __m512i r1 = _mm512_cvtps_epi32(
+                    _mm512_mul_ps(_mm512_fnmadd_ps(vd, _mm512_cvtepi32_ps(q1), v1), vid2));
+                _mm_storeu_si128((__m128i *)lo2, _mm512_cvtsepi32_epi8(r0));
+                _mm_storeu_si128((__m128i *)hi2, _mm512_cvtsepi32_epi8(r1));
+                q0 = _mm512_add_epi32(_mm512_mullo_epi32(q0, k127), r0);
+                q1 = _mm512_add_epi32(_mm512_mullo_epi32(q1, k127), r1);
+                d = dl2;
+            }
             int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
             d2[h] = d;
             xv[p * 4 + 2 * h] = d;
@@ -99,12 +121,38 @@ static void quantize_row_avx512(const float *x, const st_q8_layout_t *L, uint8_t
 
 /* ---- qgemv: few tokens, weights streamed ---- */
 
-INLINE void gemv_pair_w(__m256i wl, __m256i wh, __m128 dm, __m256i xa, __m256i xb, __m128 xvp,
+/* sum u * c over a block pair into 8 int32 lanes; x = q1 lo, hi and, when
+ * two, q2 lo, hi: 127 * dot(q1) + dot(q2), exact in int32. */
+INLINE __m256i pair_dpbusd(int two, __m256i wl, __m256i wh, const __m256i *x)
+{
+    __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wl, x[0]);
+    dot = _mm256_dpbusd_epi32(dot, wh, x[1]);
+    if (two) {
+        dot = _mm256_sub_epi32(_mm256_slli_epi32(dot, 7), dot);
+        dot = _mm256_dpbusd_epi32(dot, wl, x[2]);
+        dot = _mm256_dpbusd_epi32(dot, wh, x[3]);
+    }
+    return dot;
+}
+
+/* Activation planes of pair p of one row: q1 (lo, hi), q2 (lo, hi) when two. */
+INLINE void load_x(int two, const uint8_t *xrow, const st_q8_layout_t *L, int p, __m256i *x)
+{
+    const int8_t *q = (const int8_t *)xrow + p * 64;
+    x[0] = _mm256_loadu_si256((const __m256i *)q);
+    x[1] = _mm256_loadu_si256((const __m256i *)(q + 32));
+    if (two) {
+        const int8_t *q2 = (const int8_t *)(xrow + L->q2_off) + p * 64;
+        x[2] = _mm256_loadu_si256((const __m256i *)q2);
+        x[3] = _mm256_loadu_si256((const __m256i *)(q2 + 32));
+    }
+}
+
+INLINE void gemv_pair_w(int two, __m256i wl, __m256i wh, __m128 dm, const __m256i *x, __m128 xvp,
                         __m256 *acc, __m128 *accm)
 {
     const __m256i idx = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
-    __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wl, xa);
-    dot = _mm256_dpbusd_epi32(dot, wh, xb);
+    __m256i dot = pair_dpbusd(two, wl, wh, x);
     __m128 sc4 = _mm_mul_ps(dm, xvp);
     *accm = _mm_add_ps(*accm, sc4);
     __m256 sc8 = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(sc4), idx);
@@ -114,7 +162,7 @@ INLINE void gemv_pair_w(__m256i wl, __m256i wh, __m128 dm, __m256i xa, __m256i x
 /* R rows x T tokens (R * T <= 8): each weight pair is expanded once and
  * used for T tokens. Every (row, token) element goes through gemv_pair in
  * the same order whatever R and T are. */
-INLINE void gemv_tile(int type, const st_qmm_args_t *a, int r, int R, int t0, int T)
+INLINE void gemv_tile(int type, int two, const st_qmm_args_t *a, int r, int R, int t0, int T)
 {
     const int bb = st_qblock_bytes(type);
     const int nfull = a->L.nb / 2;
@@ -142,11 +190,10 @@ INLINE void gemv_tile(int type, const st_qmm_args_t *a, int r, int R, int t0, in
             pair_u8(type, b0, b1, &wl, &wh);
             __m128 dm = pair_dm(type, b0, b1);
             for (int j = 0; j < T; j++) {
-                const int8_t *q = (const int8_t *)xr[j] + p * 64;
                 const float *xv = (const float *)(xr[j] + a->L.xv_off) + p * 4;
-                gemv_pair_w(wl, wh, dm, _mm256_loadu_si256((const __m256i *)q),
-                            _mm256_loadu_si256((const __m256i *)(q + 32)), _mm_loadu_ps(xv),
-                            &acc[i][j], &accm[i][j]);
+                __m256i x[4];
+                load_x(two, xr[j], &a->L, p, x);
+                gemv_pair_w(two, wl, wh, dm, x, _mm_loadu_ps(xv), &acc[i][j], &accm[i][j]);
             }
         }
     }
@@ -165,7 +212,7 @@ INLINE void gemv_tile(int type, const st_qmm_args_t *a, int r, int R, int t0, in
  * two rows are converted and multiplied in one 256-bit step (the products
  * are the same IEEE operations lane by lane, so results equal gemv_tile's).
  * Q4_1 1536x576 hot: 25-27 GB/s against 24 for gemv_tile (one thread). */
-INLINE void gemv_r4t1(int type, const st_qmm_args_t *a, int r, int t0)
+INLINE void gemv_r4t1(int type, int two, const st_qmm_args_t *a, int r, int t0)
 {
     const int bb = st_qblock_bytes(type);
     const int nfull = a->L.nb / 2;
@@ -183,9 +230,8 @@ INLINE void gemv_r4t1(int type, const st_qmm_args_t *a, int r, int t0)
     for (int p = 0; p <= nfull; p++) {
         if (p == nfull && !(a->L.nb & 1))
             break;
-        const int8_t *q = (const int8_t *)xr + p * 64;
-        const __m256i xa = _mm256_loadu_si256((const __m256i *)q);
-        const __m256i xb = _mm256_loadu_si256((const __m256i *)(q + 32));
+        __m256i x[4];
+        load_x(two, xr, &a->L, p, x);
         const __m128 xv4 = _mm_loadu_ps((const float *)(xr + a->L.xv_off) + p * 4);
         const __m256 xv8 = _mm256_set_m128(xv4, xv4);
         for (int h = 0; h < 2; h++) {
@@ -197,8 +243,7 @@ INLINE void gemv_r4t1(int type, const st_qmm_args_t *a, int r, int t0)
                 b1[e] = p < nfull ? b0[e] + bb : NULL;
                 _mm_prefetch((const char *)(b0[e] + ST_GEMV_PREFETCH), _MM_HINT_T0);
                 pair_u8(type, b0[e], b1[e], &wl, &wh);
-                dot[e] = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wl, xa);
-                dot[e] = _mm256_dpbusd_epi32(dot[e], wh, xb);
+                dot[e] = pair_dpbusd(two, wl, wh, x);
             }
             __m128i bits = _mm_set_epi64x((long long)pair_dm_bits(type, b0[1], b1[1]),
                                           (long long)pair_dm_bits(type, b0[0], b1[0]));
@@ -219,7 +264,7 @@ INLINE void gemv_r4t1(int type, const st_qmm_args_t *a, int r, int t0)
     _mm_storeu_ps(a->out + (size_t)t0 * a->ldo + r, res);
 }
 
-INLINE void qgemv_type(int type, const st_qmm_args_t *a, int r0, int r1)
+INLINE void qgemv_type(int type, int two, const st_qmm_args_t *a, int r0, int r1)
 {
     for (int t0 = 0; t0 < a->n; t0 += 4) {
         const int T = ST_MIN(4, a->n - t0);
@@ -229,30 +274,30 @@ INLINE void qgemv_type(int type, const st_qmm_args_t *a, int r0, int r1)
             /* Q8_0 measured ~5% slower in gemv_r4t1 (35 vs 37 GB/s hot) */
             for (; r + 4 <= r1; r += 4) {
                 if (type == ST_DTYPE_Q8_0)
-                    gemv_tile(type, a, r, 4, t0, 1);
+                    gemv_tile(type, two, a, r, 4, t0, 1);
                 else
-                    gemv_r4t1(type, a, r, t0);
+                    gemv_r4t1(type, two, a, r, t0);
             }
             for (; r < r1; r++)
-                gemv_tile(type, a, r, 1, t0, 1);
+                gemv_tile(type, two, a, r, 1, t0, 1);
             break;
         case 2:
             for (; r + 2 <= r1; r += 2)
-                gemv_tile(type, a, r, 2, t0, 2);
+                gemv_tile(type, two, a, r, 2, t0, 2);
             for (; r < r1; r++)
-                gemv_tile(type, a, r, 1, t0, 2);
+                gemv_tile(type, two, a, r, 1, t0, 2);
             break;
         case 3:
             for (; r + 2 <= r1; r += 2)
-                gemv_tile(type, a, r, 2, t0, 3);
+                gemv_tile(type, two, a, r, 2, t0, 3);
             for (; r < r1; r++)
-                gemv_tile(type, a, r, 1, t0, 3);
+                gemv_tile(type, two, a, r, 1, t0, 3);
             break;
         default:
             for (; r + 2 <= r1; r += 2)
-                gemv_tile(type, a, r, 2, t0, 4);
+                gemv_tile(type, two, a, r, 2, t0, 4);
             for (; r < r1; r++)
-                gemv_tile(type, a, r, 1, t0, 4);
+                gemv_tile(type, two, a, r, 1, t0, 4);
             break;
         }
     }
@@ -261,10 +306,13 @@ INLINE void qgemv_type(int type, const st_qmm_args_t *a, int r0, int r1)
 static void qgemv_avx512(const st_qmm_args_t *a, int r0, int r1, void *scratch)
 {
     (void)scratch;
-    switch (a->type) {
-    case ST_DTYPE_Q4_1: qgemv_type(ST_DTYPE_Q4_1, a, r0, r1); break;
-    case ST_DTYPE_Q4_0: qgemv_type(ST_DTYPE_Q4_0, a, r0, r1); break;
-    default:            qgemv_type(ST_DTYPE_Q8_0, a, r0, r1); break;
+    switch (a->type * 2 + a->L.two) {
+    case ST_DTYPE_Q4_1 * 2:     qgemv_type(ST_DTYPE_Q4_1, 0, a, r0, r1); break;
+    case ST_DTYPE_Q4_1 * 2 + 1: qgemv_type(ST_DTYPE_Q4_1, 1, a, r0, r1); break;
+    case ST_DTYPE_Q4_0 * 2:     qgemv_type(ST_DTYPE_Q4_0, 0, a, r0, r1); break;
+    case ST_DTYPE_Q4_0 * 2 + 1: qgemv_type(ST_DTYPE_Q4_0, 1, a, r0, r1); break;
+    case ST_DTYPE_Q8_0 * 2:     qgemv_type(ST_DTYPE_Q8_0, 0, a, r0, r1); break;
+    default:                    qgemv_type(ST_DTYPE_Q8_0, 1, a, r0, r1); break;
     }
 }
 
@@ -329,8 +377,8 @@ INLINE void tile_prep(int type, const st_qmm_args_t *a, int r, int R, const tile
 
 /* R rows x T tokens; every (row, token) element sees the same sequence of
  * operations whatever R and T are. */
-INLINE void tile_kernel(const st_qmm_args_t *a, const tile_buf_t *tb_all, int slot, int r,
-                        int t0, int R, int T)
+INLINE void tile_kernel(int two, const st_qmm_args_t *a, const tile_buf_t *tb_all, int slot,
+                        int r, int t0, int R, int T)
 {
     /* rows r.. live in buffer slots slot.. */
     const int np_ = a->L.np;
@@ -357,9 +405,15 @@ INLINE void tile_kernel(const st_qmm_args_t *a, const tile_buf_t *tb_all, int sl
         }
         for (int j = 0; j < T; j++) {
             __m512i X = _mm512_loadu_si512(xr[j] + (size_t)p * 64);
+            __m512i X2 = two ? _mm512_loadu_si512(xr[j] + a->L.q2_off + (size_t)p * 64)
+                             : _mm512_setzero_si512();
             __m512 DX = _mm512_loadu_ps((const float *)(xr[j] + a->L.dx16_off) + p * 16);
             for (int i = 0; i < R; i++) {
                 __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[i], X);
+                if (two) {   /* 127 * dot(q1) + dot(q2), as pair_dpbusd */
+                    d = _mm512_sub_epi32(_mm512_slli_epi32(d, 7), d);
+                    d = _mm512_dpbusd_epi32(d, W[i], X2);
+                }
                 acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(DW[i], DX),
                                             acc[i][j]);
             }
@@ -382,17 +436,31 @@ INLINE void tile_kernel(const st_qmm_args_t *a, const tile_buf_t *tb_all, int sl
     }
 }
 
-#define TILE_CASE(R, T) case ((R) - 1) * 4 + (T) - 1: tile_kernel(a, tb, slot, r, t0, R, T); break;
+#define TILE_CASE(R, T) \
+    case ((R) - 1) * 4 + (T) - 1: tile_kernel(TWO, a, tb, slot, r, t0, R, T); break;
+#define TILE_CASES \
+    TILE_CASE(1, 1) TILE_CASE(1, 2) TILE_CASE(1, 3) TILE_CASE(1, 4) \
+    TILE_CASE(2, 1) TILE_CASE(2, 2) TILE_CASE(2, 3) TILE_CASE(2, 4) \
+    TILE_CASE(3, 1) TILE_CASE(3, 2) TILE_CASE(3, 3) TILE_CASE(3, 4) \
+    TILE_CASE(4, 1) TILE_CASE(4, 2) TILE_CASE(4, 3)
 
 static void tile_dispatch(const st_qmm_args_t *a, const tile_buf_t *tb, int slot, int r, int t0,
                           int R, int T)
 {
-    switch ((R - 1) * 4 + T - 1) {
-    TILE_CASE(1, 1) TILE_CASE(1, 2) TILE_CASE(1, 3) TILE_CASE(1, 4)
-    TILE_CASE(2, 1) TILE_CASE(2, 2) TILE_CASE(2, 3) TILE_CASE(2, 4)
-    TILE_CASE(3, 1) TILE_CASE(3, 2) TILE_CASE(3, 3) TILE_CASE(3, 4)
-    TILE_CASE(4, 1) TILE_CASE(4, 2) TILE_CASE(4, 3)
-    default: tile_kernel(a, tb, slot, r, t0, 4, 4); break;
+    if (a->L.two) {
+#define TWO 1
+        switch ((R - 1) * 4 + T - 1) {
+        TILE_CASES
+        default: tile_kernel(TWO, a, tb, slot, r, t0, 4, 4); break;
+        }
+#undef TWO
+    } else {
+#define TWO 0
+        switch ((R - 1) * 4 + T - 1) {
+        TILE_CASES
+        default: tile_kernel(TWO, a, tb, slot, r, t0, 4, 4); break;
+        }
+#undef TWO
     }
 }
 

@@ -18,19 +18,24 @@ static inline uint16_t rd16(const uint8_t *p)
 void st_cpu_quantize_row_ref(const float *x, const st_q8_layout_t *L, uint8_t *row,
                              int with_dx16)
 {
-    int8_t *q = (int8_t *)row;
+    int8_t *q = (int8_t *)row, *q2 = (int8_t *)(row + L->q2_off);
     float *xv = (float *)(row + L->xv_off);
     float *dx16 = (float *)(row + L->dx16_off);
     float *s = (float *)(row + L->s_off);
 
     for (int p = 0; p < L->np; p++) {
-        float d2[2] = {0.0f, 0.0f};
+        float dd[2] = {0.0f, 0.0f};
         for (int h = 0; h < 2; h++) {
             int b = 2 * p + h, sum = 0;
             int8_t *lo = q + p * 64 + h * 16, *hi = lo + 32;
+            int8_t *lo2 = q2 + p * 64 + h * 16, *hi2 = lo2 + 32;
             if (b >= L->nb) {
                 memset(lo, 0, 16);
                 memset(hi, 0, 16);
+                if (L->two) {
+                    memset(lo2, 0, 16);
+                    memset(hi2, 0, 16);
+                }
                 xv[p * 4 + 2 * h] = xv[p * 4 + 2 * h + 1] = s[b] = 0.0f;
                 continue;
             }
@@ -39,21 +44,32 @@ void st_cpu_quantize_row_ref(const float *x, const st_q8_layout_t *L, uint8_t *r
             for (int i = 0; i < ST_QK; i++)
                 amax = fmaxf(amax, fabsf(xb[i]));
             /* Same operations as the SIMD versions (divide, reciprocal,
-             * round to nearest even) so every level quantizes alike. */
+             * round to nearest even, fma for the residual) so every level
+             * quantizes alike. */
             float d = amax / 127.0f;
             float id = d != 0.0f ? 1.0f / d : 0.0f;
+            float d2 = d / 127.0f;
+            float id2 = d2 != 0.0f ? 1.0f / d2 : 0.0f;
             for (int i = 0; i < ST_QK; i++) {
                 int v = (int)lrintf(xb[i] * id);
                 (i < 16 ? lo : hi - 16)[i] = (int8_t)v;
+                if (L->two) {
+                    /* |r| <= d/2, so |v2| <= 64 */
+                    int v2 = (int)lrintf(fmaf(-d, (float)v, xb[i]) * id2);
+                    (i < 16 ? lo2 : hi2 - 16)[i] = (int8_t)v2;
+                    v = 127 * v + v2;
+                }
                 sum += v;
             }
-            d2[h] = d;
+            if (L->two)
+                d = d2;
+            dd[h] = d;
             xv[p * 4 + 2 * h] = d;
             xv[p * 4 + 2 * h + 1] = s[b] = d * (float)sum;
         }
         if (with_dx16)
             for (int i = 0; i < 16; i++)
-                dx16[p * 16 + i] = d2[(i >> 2) & 1];
+                dx16[p * 16 + i] = dd[(i >> 2) & 1];
     }
 }
 
@@ -69,9 +85,32 @@ static inline int xq_at(const int8_t *q, int b, int i)
     return q[p * 64 + (i >> 4) * 32 + h * 16 + (i & 15)];
 }
 
+/* sum over block b of u * c for the weights' unsigned (Q4) or signed (Q8_0)
+ * values, c the activation plane q. */
+static int block_dot(int type, const uint8_t *w, const int8_t *q, int b)
+{
+    int sumi = 0;
+    switch (type) {
+    case ST_DTYPE_Q4_1:
+        for (int j = 0; j < 16; j++)
+            sumi += (w[4 + j] & 0xF) * xq_at(q, b, j) + (w[4 + j] >> 4) * xq_at(q, b, j + 16);
+        break;
+    case ST_DTYPE_Q4_0:
+        for (int j = 0; j < 16; j++)
+            sumi += ((w[2 + j] & 0xF) - 8) * xq_at(q, b, j) +
+                    ((w[2 + j] >> 4) - 8) * xq_at(q, b, j + 16);
+        break;
+    default: /* Q8_0 */
+        for (int j = 0; j < 32; j++)
+            sumi += (int8_t)w[2 + j] * xq_at(q, b, j);
+        break;
+    }
+    return sumi;
+}
+
 static float qdot_row(int type, const uint8_t *w, const st_q8_layout_t *L, const uint8_t *xrow)
 {
-    const int8_t *q = (const int8_t *)xrow;
+    const int8_t *q = (const int8_t *)xrow, *q2 = (const int8_t *)(xrow + L->q2_off);
     const float *xv = (const float *)(xrow + L->xv_off);
     const int bb = st_qblock_bytes(type);
     float acc = 0.0f, accm = 0.0f;
@@ -79,23 +118,12 @@ static float qdot_row(int type, const uint8_t *w, const st_q8_layout_t *L, const
     for (int b = 0; b < L->nb; b++, w += bb) {
         float dx = xv[(b >> 1) * 4 + (b & 1) * 2], sx = xv[(b >> 1) * 4 + (b & 1) * 2 + 1];
         float d = st_fp16_to_f32(rd16(w));
-        int sumi = 0;
-        switch (type) {
-        case ST_DTYPE_Q4_1:
-            for (int j = 0; j < 16; j++)
-                sumi += (w[4 + j] & 0xF) * xq_at(q, b, j) + (w[4 + j] >> 4) * xq_at(q, b, j + 16);
+        /* |127 * sum(u q1)| <= 127 * 32 * 255 * 127 < 2^31 */
+        int sumi = block_dot(type, w, q, b);
+        if (L->two)
+            sumi = 127 * sumi + block_dot(type, w, q2, b);
+        if (type == ST_DTYPE_Q4_1)
             accm += st_fp16_to_f32(rd16(w + 2)) * sx;
-            break;
-        case ST_DTYPE_Q4_0:
-            for (int j = 0; j < 16; j++)
-                sumi += ((w[2 + j] & 0xF) - 8) * xq_at(q, b, j) +
-                        ((w[2 + j] >> 4) - 8) * xq_at(q, b, j + 16);
-            break;
-        default: /* Q8_0 */
-            for (int j = 0; j < 32; j++)
-                sumi += (int8_t)w[2 + j] * xq_at(q, b, j);
-            break;
-        }
         acc += (d * dx) * (float)sumi;
     }
     return acc + accm;

@@ -47,11 +47,11 @@ static int is_int_type(int type)
     return type == ST_DTYPE_Q4_0 || type == ST_DTYPE_Q4_1 || type == ST_DTYPE_Q8_0;
 }
 
-static size_t tscratch_need(const st_cpu_kernels_t *k, uint32_t max_cols)
+static size_t tscratch_need(const st_cpu_kernels_t *k, int two, uint32_t max_cols)
 {
     st_q8_layout_t L;
     size_t need = (size_t)max_cols * sizeof(float);
-    st_q8_layout((int)max_cols, &L);
+    st_q8_layout((int)max_cols, two, &L);
     if (k->qgemm_scratch)
         need = ST_MAX(need, k->qgemm_scratch(&L));
     return ST_ALIGN_UP(need + 64, (size_t)64);
@@ -76,7 +76,7 @@ static st_status_t mm_alloc_buffers(st_cpu_mm_t *mm, uint32_t max_batch, uint32_
     st_q8_layout_t L;
     uint64_t xq_bytes;
 
-    st_q8_layout((int)max_cols, &L);
+    st_q8_layout((int)max_cols, mm->act_two, &L);
     if (st_mul_overflow_u64(L.stride, max_batch, &xq_bytes) || xq_bytes > (1ull << 40))
         return st_error_set(err, ST_ERR_OVERFLOW, "cpu backend: max_batch %u x max_cols %u too large",
                             max_batch, max_cols);
@@ -91,7 +91,7 @@ static st_status_t mm_alloc_buffers(st_cpu_mm_t *mm, uint32_t max_batch, uint32_
         if (!mm->xq2)
             goto nomem;
     }
-    mm->tscratch_bytes = tscratch_need(mm->k, max_cols);
+    mm->tscratch_bytes = tscratch_need(mm->k, mm->act_two, max_cols);
     for (int i = 0; i < mm->n_threads; i++) {
         mm->tscratch[i] = aligned_alloc(64, mm->tscratch_bytes);
         if (!mm->tscratch[i])
@@ -107,13 +107,14 @@ nomem:
 }
 
 st_status_t st_cpu_mm_init(st_cpu_mm_t *mm, const st_cpu_kernels_t *k, st_pool_t *pool,
-                           int n_threads, uint32_t max_batch, uint32_t max_cols,
+                           int n_threads, int act_bits, uint32_t max_batch, uint32_t max_cols,
                            st_error_t *err)
 {
     memset(mm, 0, sizeof *mm);
     mm->k = k;
     mm->pool = pool;
     mm->n_threads = n_threads;
+    mm->act_two = act_bits == 16;
     return mm_alloc_buffers(mm, max_batch, ST_ALIGN_UP(max_cols, 256u), err);
 }
 
@@ -223,7 +224,7 @@ static void mm_slice(st_cpu_mm_t *mm, const st_tensor_t *w, const float *x, int 
         j.qa.w = w->data;
         j.qa.w_stride = w->row_bytes;
         j.qa.xq = mm->xq;
-        st_q8_layout(cols, &j.qa.L);
+        st_q8_layout(cols, mm->act_two, &j.qa.L);
     } else {
         j.kind = MM_FLOAT;
     }

@@ -7,6 +7,7 @@
 #define KT_UTIL_H
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -99,21 +100,35 @@ static inline int kt_make_weight(st_tensor_t *t, int type, int rows, int cols, u
     return 0;
 }
 
-/* Opens the CPU backend at `isa` with `nth` threads; 0 on success. */
-static inline int kt_open(st_cpu_isa_t isa, int nth, uint32_t max_batch, uint32_t max_cols,
-                          st_backend_t *be)
+/* Opens the CPU backend at `isa` with `nth` threads and STRATA_ACT_BITS =
+ * act_bits (0: unset, the default); 0 on success. */
+static inline int kt_open_bits(st_cpu_isa_t isa, int nth, int act_bits, uint32_t max_batch,
+                               uint32_t max_cols, st_backend_t *be)
 {
     static const char *const env[] = {"scalar", "avx2", "avx512", "amx"};
     st_backend_params_t p = { .size = sizeof p, .n_threads = nth, .max_batch = max_batch,
                               .max_cols = max_cols };
     st_error_t err = {{0}};
     st_status_t st;
+    char bits[16];
     setenv("STRATA_CPU_ISA", env[isa], 1);
+    if (act_bits) {
+        snprintf(bits, sizeof bits, "%d", act_bits);
+        setenv("STRATA_ACT_BITS", bits, 1);
+    }
     st = st_backend_open("cpu", &p, be, &err);
     unsetenv("STRATA_CPU_ISA");
+    unsetenv("STRATA_ACT_BITS");
     if (st != ST_OK)
-        fprintf(stderr, "  open cpu/%s x%d: %s\n", env[isa], nth, err.msg);
+        fprintf(stderr, "  open cpu/%s x%d act %d: %s\n", env[isa], nth, act_bits, err.msg);
     return st == ST_OK ? 0 : -1;
+}
+
+/* Opens the CPU backend at `isa` with `nth` threads; 0 on success. */
+static inline int kt_open(st_cpu_isa_t isa, int nth, uint32_t max_batch, uint32_t max_cols,
+                          st_backend_t *be)
+{
+    return kt_open_bits(isa, nth, 0, max_batch, max_cols, be);
 }
 
 #endif /* KT_UTIL_H */

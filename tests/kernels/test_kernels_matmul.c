@@ -3,11 +3,15 @@
  * odd shapes, every ISA level this CPU supports, 1/2/3 threads, against a
  * float64 reference built on st_dtype_dequantize_row.
  *
+ * Every check runs with STRATA_ACT_BITS=16 (the default: two 8-bit levels)
+ * and STRATA_ACT_BITS=8.
+ *
  * Tolerances:
- *  - Q4_0 / Q4_1 / Q8_0 quantize activations to int8 per block of 32 with
- *    scale dx = max|x|/127 and round-to-nearest, so |x_i - dx q_i| <= dx/2
- *    and the dot's error is bounded by  sum_b (max_b|x| / 254) sum_{i in b}|w_i|
- *    (x1.01 for the rounding of x/dx). Float accumulation adds at most
+ *  - Q4_0 / Q4_1 / Q8_0 quantize activations per block of 32. One level:
+ *    scale d1 = max|x|/127, round-to-nearest, so |x_i - d1 q_i| <= d1/2 and
+ *    the dot's error is bounded by  sum_b (max_b|x| / 254) sum_{i in b}|w_i|
+ *    (x1.01 for the rounding of x/dx). Two levels quantize the residual
+ *    again with d2 = d1/127: the bound shrinks by 127. Float accumulation adds at most
  *    ~1e-5 of sum_i |x_i| (D_b u_max + |O_b|), the magnitudes the kernels
  *    really add (u up to 255 for Q8_0 as u8).
  *  - F32 / F16 / BF16 / Q6_K run in float on dequantized weights: 1e-5 of
@@ -35,16 +39,26 @@ typedef struct ref {
     double *qtol;    /* [n][rows] float rounding only */
 } ref_t;
 
-/* The activation quantization cpu_impl.h specifies, in plain C. */
-static void quant_act(const float *x, int cols, float *xq)
+/* The activation quantization cpu_impl.h specifies, in plain C, as
+ * doubles: d1 q1 (8 bits) or d2 (127 q1 + q2) (16 bits). */
+static void quant_act(const float *x, int cols, int bits, double *xq)
 {
     for (int b = 0; b < cols / 32; b++) {
         float amax = 0.0f;
         for (int i = 0; i < 32; i++)
             amax = fmaxf(amax, fabsf(x[b * 32 + i]));
         float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
-        for (int i = 0; i < 32; i++)
-            xq[b * 32 + i] = d * (float)lrintf(x[b * 32 + i] * id);
+        float d2 = d / 127.0f, id2 = d2 != 0.0f ? 1.0f / d2 : 0.0f;
+        for (int i = 0; i < 32; i++) {
+            float xi = x[b * 32 + i];
+            long q1 = lrintf(xi * id);
+            if (bits == 8) {
+                xq[b * 32 + i] = (double)d * (double)q1;
+            } else {
+                long q2 = lrintf(fmaf(-d, (float)q1, xi) * id2);
+                xq[b * 32 + i] = (double)d2 * (double)(127 * q1 + q2);
+            }
+        }
     }
 }
 
@@ -61,7 +75,7 @@ static void block_DO(int type, const uint8_t *blk, double *D, double *O, double 
     }
 }
 
-static int make_ref(const st_tensor_t *w, const float *x, int n, ref_t *ref)
+static int make_ref(const st_tensor_t *w, const float *x, int n, int bits, ref_t *ref)
 {
     const int rows = (int)w->ne[1], cols = (int)w->ne[0], type = w->type;
     const int quant = type == ST_DTYPE_Q4_0 || type == ST_DTYPE_Q4_1 || type == ST_DTYPE_Q8_0;
@@ -70,11 +84,11 @@ static int make_ref(const st_tensor_t *w, const float *x, int n, ref_t *ref)
     ref->tol = malloc((size_t)n * rows * sizeof(double));
     ref->qval = malloc((size_t)n * rows * sizeof(double));
     ref->qtol = malloc((size_t)n * rows * sizeof(double));
-    float *xq = malloc((size_t)n * cols * sizeof *xq);
+    double *xq = malloc((size_t)n * cols * sizeof *xq);
     if (!wr || !ref->val || !ref->tol || !ref->qval || !ref->qtol || !xq)
         return -1;
     for (int t = 0; t < n; t++)
-        quant_act(x + (size_t)t * cols, cols, xq + (size_t)t * cols);
+        quant_act(x + (size_t)t * cols, cols, bits, xq + (size_t)t * cols);
     for (int r = 0; r < rows; r++) {
         const uint8_t *row = (const uint8_t *)w->data + (size_t)r * w->row_bytes;
         st_dtype_dequantize_row(w->type, row, wr, (uint64_t)cols);
@@ -96,7 +110,7 @@ static int make_ref(const st_tensor_t *w, const float *x, int n, ref_t *ref)
                         sx += fabs(xt[b * 32 + i]);
                     }
                     block_DO(type, row + (size_t)b * st_dtype_row_bytes(type, 32), &D, &O, &umax);
-                    qbound += amax / 254.0 * sw;
+                    qbound += amax / (bits == 8 ? 254.0 : 254.0 * 127.0) * sw;
                     mag += sx * (D * umax + O);
                 }
                 ref->tol[(size_t)t * rows + r] = 1.01 * qbound + 1e-5 * mag + 1e-30;
@@ -134,52 +148,57 @@ static int check_shape_b(int type, int rows, int cols, int n, uint64_t seed, int
     /* a few outliers, as real activations have */
     for (int t = 0; t < n; t++)
         x[(size_t)t * cols + (size_t)(kt_rng(&s) % (uint64_t)cols)] *= 20.0f;
-    if (make_ref(&w, x, n, &ref) != 0)
-        return 1;
+    for (int bits = 16; bits >= 8; bits -= 8) {
+        if (make_ref(&w, x, n, bits, &ref) != 0)
+            return 1;
 
-    for (int isa = 0; isa < ST_CPU_ISA_COUNT_; isa++) {
-        if (!st_cpu_isa_supported((st_cpu_isa_t)isa))
-            continue;
-        for (int nth = 1; nth <= 3; nth++) {
-            st_backend_t be;
-            if (kt_open((st_cpu_isa_t)isa, nth, max_batch, 1024, &be) != 0)
-                return fails + 1;
-            memset(out, 0xff, (size_t)n * rows * sizeof *out);
-            be.ops->matmul(be.ctx, &w, x, n, out);
-            st_backend_close(&be);
-            double worst = 0;
-            for (size_t i = 0; i < (size_t)n * rows; i++) {
-                double e = fabs((double)out[i] - ref.val[i]);
-                double eq = fabs((double)out[i] - ref.qval[i]);
-                if (!(e <= ref.tol[i]) || !(eq <= ref.qtol[i])) {
-                    if (fails < 5)
-                        fprintf(stderr, "  %s %dx%d n=%d %s x%d: [t%zu r%zu] got %.8g want %.8g tol %.3g"
-                                " (quantized-activation ref %.8g tol %.3g)\n",
-                                st_dtype_name(type), rows, cols, n, st_cpu_isa_name(isa), nth,
-                                i / rows, i % rows, out[i], ref.val[i], ref.tol[i], ref.qval[i],
-                                ref.qtol[i]);
+        for (int isa = 0; isa < ST_CPU_ISA_COUNT_; isa++) {
+            if (!st_cpu_isa_supported((st_cpu_isa_t)isa))
+                continue;
+            for (int nth = 1; nth <= 3; nth++) {
+                st_backend_t be;
+                if (kt_open_bits((st_cpu_isa_t)isa, nth, bits, max_batch, 1024, &be) != 0)
+                    return fails + 1;
+                memset(out, 0xff, (size_t)n * rows * sizeof *out);
+                be.ops->matmul(be.ctx, &w, x, n, out);
+                st_backend_close(&be);
+                double worst = 0;
+                for (size_t i = 0; i < (size_t)n * rows; i++) {
+                    double e = fabs((double)out[i] - ref.val[i]);
+                    double eq = fabs((double)out[i] - ref.qval[i]);
+                    if (!(e <= ref.tol[i]) || !(eq <= ref.qtol[i])) {
+                        if (fails < 5)
+                            fprintf(stderr, "  %s %dx%d n=%d %s x%d act%d: [t%zu r%zu] got %.8g "
+                                    "want %.8g tol %.3g (quantized-activation ref %.8g tol %.3g)\n",
+                                    st_dtype_name(type), rows, cols, n, st_cpu_isa_name(isa), nth,
+                                    bits, i / rows, i % rows, out[i], ref.val[i], ref.tol[i], ref.qval[i],
+                                    ref.qtol[i]);
+                        fails++;
+                    }
+                    if (ref.tol[i] > 0 && e / ref.tol[i] > worst)
+                        worst = e / ref.tol[i];
+                }
+                if (verbose)
+                    fprintf(stderr, "  %-5s %4dx%-5d n=%-3d %-10s x%d act%-2d: worst err/tol %.3f\n",
+                            st_dtype_name(type), rows, cols, n, st_cpu_isa_name(isa), nth, bits,
+                            worst);
+                if (nth == 1) {
+                    memcpy(first, out, (size_t)n * rows * sizeof *out);
+                } else if (memcmp(first, out, (size_t)n * rows * sizeof *out) != 0) {
+                    fprintf(stderr, "  %s %dx%d n=%d %s act%d: %d threads differ from 1 thread\n",
+                            st_dtype_name(type), rows, cols, n, st_cpu_isa_name(isa), bits, nth);
                     fails++;
                 }
-                if (ref.tol[i] > 0 && e / ref.tol[i] > worst)
-                    worst = e / ref.tol[i];
-            }
-            if (verbose)
-                fprintf(stderr, "  %-5s %4dx%-5d n=%-3d %-10s x%d: worst err/tol %.3f\n",
-                        st_dtype_name(type), rows, cols, n, st_cpu_isa_name(isa), nth, worst);
-            if (nth == 1) {
-                memcpy(first, out, (size_t)n * rows * sizeof *out);
-            } else if (memcmp(first, out, (size_t)n * rows * sizeof *out) != 0) {
-                fprintf(stderr, "  %s %dx%d n=%d %s: %d threads differ from 1 thread\n",
-                        st_dtype_name(type), rows, cols, n, st_cpu_isa_name(isa), nth);
-                fails++;
             }
         }
+        free(ref.val);
+        free(ref.tol);
+        free(ref.qval);
+        free(ref.qtol);
+        if (type != ST_DTYPE_Q4_0 && type != ST_DTYPE_Q4_1 && type != ST_DTYPE_Q8_0)
+            break;   /* float paths do not depend on STRATA_ACT_BITS */
     }
     free((void *)w.data);
-    free(ref.val);
-    free(ref.tol);
-    free(ref.qval);
-    free(ref.qtol);
     free(x);
     free(out);
     free(first);
@@ -254,6 +273,76 @@ ST_TEST(matmul_f32_exact_small)
         ST_CHECK(out[0] == 10 && out[1] == 2 && out[2] == -1);
         ST_CHECK(out[3] == 30 && out[4] == 6 && out[5] == -1);
     }
+}
+
+/* Two levels must actually be closer to float64 than one: on a model-
+ * sized shape the worst error over all outputs, relative to the 8-bit
+ * bound, must shrink by far more than float noise could explain. */
+static double worst_err(int type, int rows, int cols, int n, int bits, st_cpu_isa_t isa,
+                        uint64_t seed)
+{
+    uint64_t s = seed;
+    st_tensor_t w;
+    ref_t ref = {0};
+    st_backend_t be;
+    double worst = -1;
+    float *x = malloc((size_t)n * cols * sizeof *x);
+    float *out = malloc((size_t)n * rows * sizeof *out);
+    if (!x || !out || kt_make_weight(&w, type, rows, cols, &s) != 0)
+        goto done;
+    kt_fill(x, (size_t)n * cols, 2.0f, &s);
+    if (make_ref(&w, x, n, 8, &ref) != 0 || kt_open_bits(isa, 1, bits, 64, 2048, &be) != 0)
+        goto done_w;
+    be.ops->matmul(be.ctx, &w, x, n, out);
+    st_backend_close(&be);
+    worst = 0;
+    for (size_t i = 0; i < (size_t)n * rows; i++)
+        worst = fmax(worst, fabs((double)out[i] - ref.val[i]) / ref.tol[i]);
+done_w:
+    free((void *)w.data);
+    free(ref.val);
+    free(ref.tol);
+    free(ref.qval);
+    free(ref.qtol);
+done:
+    free(x);
+    free(out);
+    return worst;
+}
+
+ST_TEST(matmul_two_level_is_more_accurate)
+{
+    static const int ns[] = {1, 3, 40};
+    static const int tys[] = {ST_DTYPE_Q4_1, ST_DTYPE_Q8_0, ST_DTYPE_Q4_0};
+    for (int isa = 0; isa < ST_CPU_ISA_COUNT_; isa++) {
+        if (!st_cpu_isa_supported((st_cpu_isa_t)isa))
+            continue;
+        for (size_t ti = 0; ti < ST_ARRAY_SIZE(tys); ti++)
+            for (size_t ni = 0; ni < ST_ARRAY_SIZE(ns); ni++) {
+                double e8 = worst_err(tys[ti], 256, 1536, ns[ni], 8, (st_cpu_isa_t)isa, 7);
+                double e16 = worst_err(tys[ti], 256, 1536, ns[ni], 16, (st_cpu_isa_t)isa, 7);
+                ST_CHECK_MSG(e8 > 0 && e16 >= 0 && e16 * 20 < e8,
+                             "%s n=%d %s: worst err/8-bit-bound %.4g (16 bits) vs %.4g (8 bits)",
+                             st_dtype_name(tys[ti]), ns[ni], st_cpu_isa_name(isa), e16, e8);
+            }
+    }
+}
+
+ST_TEST(act_bits_env)
+{
+    st_backend_params_t p = { .size = sizeof p, .n_threads = 1, .max_batch = 4, .max_cols = 64 };
+    st_error_t err = {{0}};
+    st_backend_t be;
+    setenv("STRATA_ACT_BITS", "12", 1);
+    ST_CHECK(st_backend_open("cpu", &p, &be, &err) == ST_ERR_INVALID);
+    ST_CHECK(strstr(err.msg, "STRATA_ACT_BITS") != NULL);
+    unsetenv("STRATA_ACT_BITS");
+    ST_REQUIRE(st_backend_open("cpu", &p, &be, &err) == ST_OK);
+    ST_CHECK(strstr(be.ops->describe(be.ctx), "16-bit activations") != NULL);
+    st_backend_close(&be);
+    ST_REQUIRE(kt_open_bits(ST_CPU_ISA_SCALAR, 1, 8, 4, 64, &be) == 0);
+    ST_CHECK(strstr(be.ops->describe(be.ctx), "8-bit activations") != NULL);
+    st_backend_close(&be);
 }
 
 int main(void)
