@@ -1,0 +1,599 @@
+/*
+ * Endpoints: the listener, client connections, the HELLO handshake and the
+ * life cycle HANDSHAKE -> READY -> (FAILED) -> CLOSING -> FREE.
+ *
+ * Every UCP endpoint uses UCP_ERR_HANDLING_MODE_PEER, so a peer that dies
+ * (kill -9, link down) fails its endpoint through ep_err_cb instead of
+ * leaving sends hanging. Client-server endpoints keep their connection-
+ * manager socket (TCP or rdma_cm), which reports a dead peer at once.
+ */
+#include "st_transport_impl.h"
+
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "st_log.h"
+#include "st_util.h"
+
+/* ---- addresses ---------------------------------------------------------- */
+
+/* Splits "host:port" / "[v6]:port" / ":port". Outside input: checked. */
+static st_status_t split_addr(const char *addr, char *host, size_t hlen, uint16_t *port,
+                              st_error_t *err)
+{
+    const char *colon, *h = addr, *hend;
+    char *end;
+    unsigned long p;
+
+    if (!addr || !*addr)
+        return st_error_set(err, ST_ERR_INVALID, "empty address");
+    if (addr[0] == '[') {
+        hend = strchr(addr, ']');
+        if (!hend || hend[1] != ':')
+            return st_error_set(err, ST_ERR_INVALID, "address '%s': expected [v6]:port", addr);
+        h = addr + 1;
+        colon = hend + 1;
+    } else {
+        colon = strrchr(addr, ':');
+        if (!colon)
+            return st_error_set(err, ST_ERR_INVALID, "address '%s': expected host:port", addr);
+        hend = colon;
+    }
+    if ((size_t)(hend - h) >= hlen)
+        return st_error_set(err, ST_ERR_INVALID, "address '%s': host too long", addr);
+    memcpy(host, h, (size_t)(hend - h));
+    host[hend - h] = '\0';
+    p = strtoul(colon + 1, &end, 10);
+    if (colon[1] == '\0' || *end != '\0' || p > 65535)
+        return st_error_set(err, ST_ERR_INVALID, "address '%s': bad port", addr);
+    *port = (uint16_t)p;
+    return ST_OK;
+}
+
+static st_status_t resolve(const char *addr, int passive, st_error_t *err,
+                           struct sockaddr_storage *out, socklen_t *outlen)
+{
+    struct addrinfo hints, *res = NULL;
+    char host[256], port_s[8];
+    uint16_t port = 0;
+    st_status_t st;
+    int rc;
+
+    if ((st = split_addr(addr, host, sizeof(host), &port, err)) != ST_OK)
+        return st;
+    snprintf(port_s, sizeof(port_s), "%u", port);
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family   = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags    = (passive ? AI_PASSIVE : 0) | AI_NUMERICSERV;
+    if (host[0] == '\0' || !strcmp(host, "*")) {
+        if (!passive)
+            return st_error_set(err, ST_ERR_INVALID, "address '%s': no host to connect to", addr);
+        hints.ai_family = AF_INET;
+        rc = getaddrinfo(NULL, port_s, &hints, &res);
+    } else {
+        rc = getaddrinfo(host, port_s, &hints, &res);
+    }
+    if (rc != 0 || !res)
+        return st_error_set(err, ST_ERR_NOT_FOUND, "address '%s': %s", addr, gai_strerror(rc));
+    memcpy(out, res->ai_addr, res->ai_addrlen);
+    *outlen = res->ai_addrlen;
+    freeaddrinfo(res);
+    return ST_OK;
+}
+
+static void format_sockaddr(const struct sockaddr_storage *sa, char *buf, size_t len)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+
+    if (sa->ss_family == AF_INET) {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &s4->sin_addr, host, sizeof(host));
+        snprintf(buf, len, "%s:%u", host, ntohs(s4->sin_port));
+    } else if (sa->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof(host));
+        snprintf(buf, len, "[%s]:%u", host, ntohs(s6->sin6_port));
+    } else {
+        snprintf(buf, len, "?");
+    }
+}
+
+/* First non-loopback IPv4 address of an interface that is up. */
+static void primary_ipv4(char *buf, size_t len)
+{
+    struct ifaddrs *ifa = NULL;
+
+    snprintf(buf, len, "127.0.0.1");
+    if (getifaddrs(&ifa) != 0)
+        return;
+    for (struct ifaddrs *i = ifa; i; i = i->ifa_next) {
+        if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET)
+            continue;
+        if ((i->ifa_flags & IFF_LOOPBACK) || !(i->ifa_flags & IFF_UP))
+            continue;
+        inet_ntop(AF_INET, &((struct sockaddr_in *)i->ifa_addr)->sin_addr, buf, (socklen_t)len);
+        break;
+    }
+    freeifaddrs(ifa);
+}
+
+st_status_t st_transport_address(const st_transport_t *t, char *buf, size_t len)
+{
+    ucp_listener_attr_t la;
+    char tmp[96];
+
+    if (!t->listener)
+        return ST_ERR_NOT_FOUND;
+    la.field_mask = UCP_LISTENER_ATTR_FIELD_SOCKADDR;
+    if (ucp_listener_query(t->listener, &la) != UCS_OK)
+        return ST_ERR_BACKEND;
+    if (la.sockaddr.ss_family == AF_INET &&
+        ((struct sockaddr_in *)&la.sockaddr)->sin_addr.s_addr == htonl(INADDR_ANY)) {
+        char host[INET_ADDRSTRLEN];
+        primary_ipv4(host, sizeof(host));
+        snprintf(tmp, sizeof(tmp), "%s:%u", host,
+                 ntohs(((struct sockaddr_in *)&la.sockaddr)->sin_port));
+    } else {
+        format_sockaddr(&la.sockaddr, tmp, sizeof(tmp));
+    }
+    if (strlen(tmp) >= len)
+        return ST_ERR_RANGE;
+    memcpy(buf, tmp, strlen(tmp) + 1);
+    return ST_OK;
+}
+
+/* ---- endpoint slots ----------------------------------------------------- */
+
+static st_transport_ep_t *ep_alloc(st_transport_t *t)
+{
+    for (uint32_t i = 0; i < t->cfg.max_eps; i++) {
+        st_transport_ep_t *ep = &t->eps[i];
+        if (ep->state == EP_FREE) {
+            uint32_t gen = ep->gen + 1;
+            memset(ep, 0, sizeof(*ep));
+            ep->t = t;
+            ep->gen = gen;
+            ep->state = EP_HANDSHAKE;
+            ep->error = ST_INPROGRESS;
+            snprintf(ep->peer, sizeof(ep->peer), "?");
+            t->n_eps_used++;
+            return ep;
+        }
+    }
+    return NULL;
+}
+
+static void ep_release_slot(st_transport_ep_t *ep)
+{
+    st_transport_t *t = ep->t;
+
+    if (t->last_ep == ep)
+        t->last_ep = NULL;
+    ep->state = EP_FREE;
+    ep->uep = NULL;
+    t->n_eps_used--;
+}
+
+st_transport_ep_t *st_tp_ep_lookup(st_transport_t *t, ucp_ep_h uep)
+{
+    if (ST_LIKELY(t->last_ep && t->last_ep->uep == uep))
+        return t->last_ep;
+    for (uint32_t i = 0; i < t->cfg.max_eps; i++)
+        if (t->eps[i].state != EP_FREE && t->eps[i].uep == uep && uep) {
+            t->last_ep = &t->eps[i];
+            return t->last_ep;
+        }
+    return NULL;
+}
+
+static st_status_t map_ucs(ucs_status_t s)
+{
+    switch (s) {
+    case UCS_ERR_CONNECTION_RESET:
+    case UCS_ERR_ENDPOINT_TIMEOUT:
+    case UCS_ERR_UNREACHABLE:
+    case UCS_ERR_REJECTED:
+    case UCS_ERR_NOT_CONNECTED:
+        return ST_ERR_PEER;
+    case UCS_ERR_CANCELED:
+        return ST_ERR_CANCELED;
+    case UCS_ERR_TIMED_OUT:
+        return ST_ERR_TIMEOUT;
+    default:
+        return ST_ERR_BACKEND;
+    }
+}
+
+/* Marks the endpoint failed, reports it once and schedules the UCP close
+ * (closing from inside a UCX callback is not allowed). */
+void st_tp_ep_fail(st_transport_ep_t *ep, st_status_t status, const char *why)
+{
+    st_transport_t *t = ep->t;
+    st_transport_event_t ev;
+
+    if (ep->state == EP_FAILED || ep->state == EP_CLOSING || ep->state == EP_FREE)
+        return;
+    st_warn(ST_TRANSPORT_MOD, "%s: endpoint %s failed: %s (%s)", t->name, ep->peer, why,
+            st_status_str(status));
+    ep->state = EP_FAILED;
+    ep->error = status;
+    ep->want_close = 1;
+    t->pending_work = 1;
+    t->stats.eps_failed++;
+    if (!ep->user_owned) {
+        /* Accepted but never reported: nobody holds it, close it ourselves. */
+        ep->state = EP_CLOSING;
+        return;
+    }
+    memset(&ev, 0, sizeof(ev));
+    ev.type    = ST_TRANSPORT_EV_EP_ERROR;
+    ev.status  = status;
+    ev.ep      = ep;
+    ev.ep_user = ep->user;
+    st_tp_push_event(t, &ev);
+}
+
+static void ep_err_cb(void *arg, ucp_ep_h uep, ucs_status_t status)
+{
+    st_transport_ep_t *ep = arg;
+
+    ST_UNUSED(uep);
+    st_tp_ep_fail(ep, map_ucs(status), ucs_status_string(status));
+}
+
+void st_tp_ep_on_hello(st_transport_ep_t *ep, const st_wire_hello_t *h)
+{
+    st_transport_t *t = ep->t;
+    st_transport_event_t ev;
+
+    if (ep->state != EP_HANDSHAKE) {
+        st_tp_ep_fail(ep, ST_ERR_PROTOCOL, "second hello");
+        t->stats.frames_rejected++;
+        return;
+    }
+    ep->peer_max = ST_MIN(h->max_payload, t->cfg.max_msg_size);
+    ep->peer_credits = ep->tx_credits = h->credits;
+    ep->state = EP_READY;
+    ep->error = ST_OK;
+    ep->user_owned = 1;     /* accepted ones are handed out by this event */
+    memset(&ev, 0, sizeof(ev));
+    ev.type    = ST_TRANSPORT_EV_EP_READY;
+    ev.ep      = ep;
+    ev.ep_user = ep->user;
+    st_tp_push_event(t, &ev);
+}
+
+st_status_t st_tp_send_hello(st_transport_ep_t *ep)
+{
+    st_transport_t *t = ep->t;
+    st_wire_hello_t hello = {t->cfg.max_msg_size, t->cfg.ep_credits, 0};
+    st_wire_hdr_t hdr;
+    ucp_request_param_t p;
+    st_transport_req_t *r;
+    void *sr;
+
+    r = st_tp_req_get(t);
+    if (!r)
+        return ST_ERR_BUSY;
+    memset(&hdr, 0, sizeof(hdr));
+    hdr.type = ST_WIRE_HELLO;
+    hdr.payload_len = ST_WIRE_HELLO_SIZE;
+    st_wire_encode(&hdr, r->hdr);
+    st_wire_hello_encode(&hello, r->inline_payload);
+    r->ep = ep;
+    r->detached = 1;
+
+    memset(&p, 0, sizeof(p));
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
+                     UCP_OP_ATTR_FIELD_FLAGS;
+    p.cb.send      = st_tp_send_cb;
+    p.user_data    = r;
+    p.flags        = UCP_AM_SEND_FLAG_REPLY | UCP_AM_SEND_FLAG_EAGER;
+    sr = ucp_am_send_nbx(ep->uep, ST_TRANSPORT_AM_ID, r->hdr, ST_WIRE_HDR_SIZE,
+                         r->inline_payload, ST_WIRE_HELLO_SIZE, &p);
+    if (sr == NULL) {
+        st_tp_req_put(t, r);
+        return ST_OK;
+    }
+    if (UCS_PTR_IS_ERR(sr)) {
+        st_tp_req_put(t, r);
+        return map_ucs(UCS_PTR_STATUS(sr));
+    }
+    return ST_OK;     /* completes in st_tp_send_cb, which frees r */
+}
+
+uint32_t st_tp_credit_batch(const st_transport_t *t)
+{
+    /* Return credits in batches of a quarter: few CREDIT frames, and a
+     * sender never waits as long as the receiver keeps releasing. */
+    return t->cfg.ep_credits >= 4 ? t->cfg.ep_credits / 4 : 1;
+}
+
+/* Sends a CREDIT frame for the messages released since the last one. Called
+ * from st_tp_do_pending, never from inside a UCX callback. */
+void st_tp_return_credits(st_transport_ep_t *ep)
+{
+    st_transport_t *t = ep->t;
+    ucp_request_param_t p;
+    st_transport_req_t *r;
+    st_wire_hdr_t hdr;
+    void *sr;
+
+    if (ep->state != EP_READY || !ep->uep || ep->rx_done == 0)
+        return;
+    r = st_tp_req_get(t);
+    if (!r) {
+        t->pending_work = 1;    /* retry at the next progress */
+        return;
+    }
+    memset(&hdr, 0, sizeof(hdr));
+    hdr.type = ST_WIRE_CREDIT;
+    hdr.seq = ep->rx_done;
+    st_wire_encode(&hdr, r->hdr);
+    r->ep = ep;
+    r->detached = 1;
+    memset(&p, 0, sizeof(p));
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
+                     UCP_OP_ATTR_FIELD_FLAGS;
+    p.cb.send      = st_tp_send_cb;
+    p.user_data    = r;
+    p.flags        = UCP_AM_SEND_FLAG_REPLY | UCP_AM_SEND_FLAG_EAGER;
+    sr = ucp_am_send_nbx(ep->uep, ST_TRANSPORT_AM_ID, r->hdr, ST_WIRE_HDR_SIZE, NULL, 0, &p);
+    if (sr == NULL || UCS_PTR_IS_ERR(sr))
+        st_tp_req_put(t, r);
+    if (!UCS_PTR_IS_ERR(sr)) {
+        ep->rx_inflight -= ep->rx_done;
+        ep->rx_done = 0;
+    }
+}
+
+static void ep_params_common(ucp_ep_params_t *p, st_transport_ep_t *ep)
+{
+    p->field_mask |= UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER;
+    p->err_mode        = ep->t->cfg.no_peer_errors ? UCP_ERR_HANDLING_MODE_NONE
+                                                   : UCP_ERR_HANDLING_MODE_PEER;
+    p->err_handler.cb  = ep_err_cb;
+    p->err_handler.arg = ep;
+}
+
+static void conn_handler(ucp_conn_request_h creq, void *arg)
+{
+    st_transport_t *t = arg;
+    ucp_conn_request_attr_t ca;
+    ucp_ep_params_t p;
+    st_transport_ep_t *ep;
+    ucs_status_t s;
+    char peer[64] = "?";
+
+    ca.field_mask = UCP_CONN_REQUEST_ATTR_FIELD_CLIENT_ADDR;
+    if (ucp_conn_request_query(creq, &ca) == UCS_OK)
+        format_sockaddr(&ca.client_address, peer, sizeof(peer));
+    ep = ep_alloc(t);
+    if (!ep) {
+        st_warn(ST_TRANSPORT_MOD, "%s: rejecting %s: all %u endpoints in use", t->name, peer,
+                t->cfg.max_eps);
+        ucp_listener_reject(t->listener, creq);
+        return;
+    }
+    snprintf(ep->peer, sizeof(ep->peer), "%s", peer);
+    ep->accepted = 1;
+    memset(&p, 0, sizeof(p));
+    p.field_mask   = UCP_EP_PARAM_FIELD_CONN_REQUEST;
+    p.conn_request = creq;
+    ep_params_common(&p, ep);
+    s = ucp_ep_create(t->worker, &p, &ep->uep);
+    if (s != UCS_OK) {
+        st_warn(ST_TRANSPORT_MOD, "%s: accepting %s: ucp_ep_create: %s", t->name, peer,
+                ucs_status_string(s));
+        ep_release_slot(ep);
+        return;
+    }
+    st_debug(ST_TRANSPORT_MOD, "%s: accepted %s", t->name, peer);
+    if (st_tp_send_hello(ep) != ST_OK)
+        st_tp_ep_fail(ep, ST_ERR_BUSY, "cannot send hello");
+}
+
+st_status_t st_transport_listen(st_transport_t *t, const char *addr, st_error_t *err)
+{
+    struct sockaddr_storage sa;
+    socklen_t salen;
+    ucp_listener_params_t lp;
+    ucs_status_t s;
+    st_status_t st;
+
+    if (t->listener)
+        return st_error_set(err, ST_ERR_INVALID, "%s: already listening", t->name);
+    if ((st = resolve(addr, 1, err, &sa, &salen)) != ST_OK)
+        return st;
+    memset(&lp, 0, sizeof(lp));
+    lp.field_mask         = UCP_LISTENER_PARAM_FIELD_SOCK_ADDR | UCP_LISTENER_PARAM_FIELD_CONN_HANDLER;
+    lp.sockaddr.addr      = (const struct sockaddr *)&sa;
+    lp.sockaddr.addrlen   = salen;
+    lp.conn_handler.cb    = conn_handler;
+    lp.conn_handler.arg   = t;
+    s = ucp_listener_create(t->worker, &lp, &t->listener);
+    if (s != UCS_OK) {
+        t->listener = NULL;
+        return st_error_set(err, s == UCS_ERR_BUSY ? ST_ERR_BUSY : ST_ERR_BACKEND,
+                            "%s: listen on %s: %s", t->name, addr, ucs_status_string(s));
+    }
+    return ST_OK;
+}
+
+st_status_t st_transport_connect(st_transport_t *t, const char *addr, void *user,
+                                 st_error_t *err, st_transport_ep_t **out)
+{
+    struct sockaddr_storage sa;
+    socklen_t salen;
+    ucp_ep_params_t p;
+    st_transport_ep_t *ep;
+    ucs_status_t s;
+    st_status_t st;
+
+    if ((st = resolve(addr, 0, err, &sa, &salen)) != ST_OK)
+        return st;
+    ep = ep_alloc(t);
+    if (!ep)
+        return st_error_set(err, ST_ERR_BUSY, "%s: all %u endpoints in use", t->name,
+                            t->cfg.max_eps);
+    ep->user = user;
+    ep->user_owned = 1;
+    format_sockaddr(&sa, ep->peer, sizeof(ep->peer));
+    memset(&p, 0, sizeof(p));
+    p.field_mask       = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR;
+    p.flags            = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER;
+    p.sockaddr.addr    = (const struct sockaddr *)&sa;
+    p.sockaddr.addrlen = salen;
+    ep_params_common(&p, ep);
+    s = ucp_ep_create(t->worker, &p, &ep->uep);
+    if (s != UCS_OK) {
+        ep_release_slot(ep);
+        return st_error_set(err, ST_ERR_PEER, "%s: connect %s: %s", t->name, addr,
+                            ucs_status_string(s));
+    }
+    if ((st = st_tp_send_hello(ep)) != ST_OK) {
+        st_error_set(err, st, "%s: connect %s: sending hello failed", t->name, addr);
+        st_transport_ep_close(t, ep);
+        return st;
+    }
+    *out = ep;
+    return ST_OK;
+}
+
+static int ep_settled(void *arg)
+{
+    const st_transport_ep_t *ep = arg;
+    return ep->state != EP_HANDSHAKE;
+}
+
+st_status_t st_transport_ep_wait_ready(st_transport_t *t, st_transport_ep_t *ep,
+                                       uint64_t timeout_ns)
+{
+    st_status_t st = st_tp_wait(t, ep_settled, ep, timeout_ns);
+
+    if (st != ST_OK)
+        return st;
+    return ep->state == EP_READY ? ST_OK : ep->error;
+}
+
+/* Starts the UCP close: flush when healthy, force when failed. */
+static void ep_start_close(st_transport_ep_t *ep)
+{
+    st_transport_t *t = ep->t;
+    ucp_request_param_t p;
+    void *r;
+
+    ep->want_close = 0;
+    if (!ep->uep)
+        return;
+    memset(&p, 0, sizeof(p));
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+    p.flags = ep->error < 0 ? UCP_EP_CLOSE_FLAG_FORCE : 0;
+    r = ucp_ep_close_nbx(ep->uep, &p);
+    if (t->last_ep == ep)
+        t->last_ep = NULL;
+    ep->uep = NULL;
+    if (UCS_PTR_IS_PTR(r))
+        ep->close_req = r;
+    else if (UCS_PTR_IS_ERR(r))
+        st_debug(ST_TRANSPORT_MOD, "%s: close %s: %s", t->name, ep->peer,
+                 ucs_status_string(UCS_PTR_STATUS(r)));
+    t->pending_work = 1;
+}
+
+void st_tp_do_pending(st_transport_t *t)
+{
+    int more = 0;
+
+    t->pending_work = 0;
+    for (uint32_t i = 0; i < t->cfg.max_eps; i++) {
+        st_transport_ep_t *ep = &t->eps[i];
+        if (ep->state == EP_FREE)
+            continue;
+        if (ep->want_close)
+            ep_start_close(ep);
+        if (ep->rx_done >= st_tp_credit_batch(t))
+            st_tp_return_credits(ep);
+        if (ep->close_req) {
+            if (ucp_request_check_status(ep->close_req) == UCS_INPROGRESS) {
+                more = 1;
+                continue;
+            }
+            ucp_request_free(ep->close_req);
+            ep->close_req = NULL;
+        }
+        if (ep->state == EP_CLOSING && !ep->uep && !ep->close_req)
+            ep_release_slot(ep);
+    }
+    if (t->def_count)
+        st_tp_drain_deferred(t);
+    t->pending_work |= more;
+}
+
+void st_transport_ep_close(st_transport_t *t, st_transport_ep_t *ep)
+{
+    if (!ep || ep->state == EP_FREE || ep->state == EP_CLOSING)
+        return;
+    st_tp_drop_events(t, ep);
+    if (ep->uep)
+        ep->want_close = 1;
+    ep->state = EP_CLOSING;
+    ep->user_owned = 0;
+    st_tp_do_pending(t);
+}
+
+void st_tp_eps_close_all(st_transport_t *t)
+{
+    for (uint32_t i = 0; i < t->cfg.max_eps; i++) {
+        st_transport_ep_t *ep = &t->eps[i];
+        if (ep->state == EP_FREE || ep->state == EP_CLOSING)
+            continue;
+        if (ep->uep) {
+            /* Force: a flush could wait on a peer that no longer
+             * progresses. Callers wait for their sends before destroying. */
+            ep->want_close = 1;
+            ep->error = ST_ERR_CLOSED;
+        }
+        ep->state = EP_CLOSING;
+    }
+    st_tp_do_pending(t);
+}
+
+/* Last step of destroy: close requests UCX did not finish in time are handed
+ * back so that ucp_worker_destroy can reclaim them. */
+void st_tp_eps_abandon(st_transport_t *t)
+{
+    for (uint32_t i = 0; i < t->cfg.max_eps; i++) {
+        st_transport_ep_t *ep = &t->eps[i];
+        if (ep->close_req) {
+            ucp_request_free(ep->close_req);
+            ep->close_req = NULL;
+        }
+        if (ep->state != EP_FREE)
+            ep_release_slot(ep);
+    }
+}
+
+void *st_transport_ep_user(const st_transport_ep_t *ep) { return ep->user; }
+void  st_transport_ep_set_user(st_transport_ep_t *ep, void *user) { ep->user = user; }
+const char *st_transport_ep_peer(const st_transport_ep_t *ep) { return ep->peer; }
+uint64_t st_transport_ep_max_msg(const st_transport_ep_t *ep) { return ep->peer_max; }
+uint32_t st_transport_ep_count(const st_transport_t *t) { return t->n_eps_used; }
+ucp_ep_h st_transport_ep_ucp(const st_transport_ep_t *ep) { return ep->uep; }
+
+st_status_t st_transport_ep_status(const st_transport_ep_t *ep)
+{
+    switch (ep->state) {
+    case EP_READY:     return ST_OK;
+    case EP_HANDSHAKE: return ST_INPROGRESS;
+    case EP_FAILED:    return ep->error;
+    default:           return ST_ERR_CLOSED;
+    }
+}

@@ -1,0 +1,103 @@
+/* Encoding and validation of transport frame headers (see st_transport_wire.h). */
+#include "st_transport_wire.h"
+
+#include <string.h>
+
+static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
+static void put32(uint8_t *p, uint32_t v) { put16(p, (uint16_t)v); put16(p + 2, (uint16_t)(v >> 16)); }
+static void put64(uint8_t *p, uint64_t v) { put32(p, (uint32_t)v); put32(p + 4, (uint32_t)(v >> 32)); }
+static uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static uint32_t get32(const uint8_t *p) { return (uint32_t)get16(p) | ((uint32_t)get16(p + 2) << 16); }
+static uint64_t get64(const uint8_t *p) { return (uint64_t)get32(p) | ((uint64_t)get32(p + 4) << 32); }
+
+void st_wire_encode(const st_wire_hdr_t *h, uint8_t out[ST_WIRE_HDR_SIZE])
+{
+    put32(out + 0, ST_WIRE_MAGIC);
+    out[4] = ST_WIRE_VERSION;
+    out[5] = h->type;
+    put16(out + 6, h->flags);
+    put32(out + 8, h->stage);
+    put32(out + 12, h->seq);
+    put64(out + 16, h->request_id);
+    put64(out + 24, h->payload_len);
+}
+
+st_status_t st_wire_decode(const void *buf, size_t len, uint64_t max_payload,
+                           st_error_t *err, st_wire_hdr_t *out)
+{
+    const uint8_t *p = buf;
+    st_wire_hdr_t h;
+    uint32_t magic;
+
+    if (buf == NULL || len != ST_WIRE_HDR_SIZE)
+        return st_error_set(err, ST_ERR_PROTOCOL, "header length %zu, expected %u",
+                            buf ? len : 0, ST_WIRE_HDR_SIZE);
+    magic = get32(p);
+    if (magic != ST_WIRE_MAGIC)
+        return st_error_set(err, ST_ERR_PROTOCOL, "bad magic 0x%08x", magic);
+    h.version = p[4];
+    if (h.version != ST_WIRE_VERSION)
+        return st_error_set(err, ST_ERR_PROTOCOL, "unsupported version %u (we speak %u)",
+                            h.version, ST_WIRE_VERSION);
+    h.type = p[5];
+    if (h.type < ST_WIRE_HELLO || h.type > ST_WIRE_TYPE_MAX_)
+        return st_error_set(err, ST_ERR_PROTOCOL, "unknown message type %u", h.type);
+    h.flags = get16(p + 6);
+    if (h.flags & ~ST_WIRE_FLAGS_USER)
+        return st_error_set(err, ST_ERR_PROTOCOL, "reserved flag bits set (0x%04x)", h.flags);
+    h.stage       = get32(p + 8);
+    h.seq         = get32(p + 12);
+    h.request_id  = get64(p + 16);
+    h.payload_len = get64(p + 24);
+    if (h.payload_len > max_payload)
+        return st_error_set(err, ST_ERR_PROTOCOL, "payload length %llu over the maximum %llu",
+                            (unsigned long long)h.payload_len,
+                            (unsigned long long)max_payload);
+    if (h.type == ST_WIRE_CREDIT && (h.payload_len != 0 || h.seq == 0))
+        return st_error_set(err, ST_ERR_PROTOCOL, "credit frame with payload %llu, credits %u",
+                            (unsigned long long)h.payload_len, h.seq);
+    if (h.type == ST_WIRE_HELLO && h.payload_len != ST_WIRE_HELLO_SIZE)
+        return st_error_set(err, ST_ERR_PROTOCOL, "hello payload length %llu, expected %u",
+                            (unsigned long long)h.payload_len, ST_WIRE_HELLO_SIZE);
+    *out = h;
+    return ST_OK;
+}
+
+void st_wire_hello_encode(const st_wire_hello_t *h, uint8_t out[ST_WIRE_HELLO_SIZE])
+{
+    put64(out, h->max_payload);
+    put32(out + 8, h->credits);
+    put32(out + 12, 0);
+}
+
+st_status_t st_wire_hello_decode(const void *buf, size_t len, st_error_t *err,
+                                 st_wire_hello_t *out)
+{
+    const uint8_t *p = buf;
+    st_wire_hello_t h;
+
+    if (buf == NULL || len != ST_WIRE_HELLO_SIZE)
+        return st_error_set(err, ST_ERR_PROTOCOL, "hello length %zu, expected %u",
+                            buf ? len : 0, ST_WIRE_HELLO_SIZE);
+    h.max_payload = get64(p);
+    h.credits     = get32(p + 8);
+    h.reserved    = get32(p + 12);
+    if (h.reserved != 0)
+        return st_error_set(err, ST_ERR_PROTOCOL, "hello reserved field 0x%08x", h.reserved);
+    if (h.credits == 0 || h.credits > 65536)
+        return st_error_set(err, ST_ERR_PROTOCOL, "hello advertises %u credits (1..65536)",
+                            h.credits);
+    *out = h;
+    return ST_OK;
+}
+
+const char *st_wire_type_name(uint32_t type)
+{
+    switch (type) {
+    case ST_WIRE_HELLO:      return "hello";
+    case ST_WIRE_ACTIVATION: return "activation";
+    case ST_WIRE_CONTROL:    return "control";
+    case ST_WIRE_CREDIT:     return "credit";
+    }
+    return "unknown";
+}
