@@ -1,0 +1,128 @@
+/*
+ * strata worker - one pipeline stage of a cluster (see worker/st_worker.h).
+ *
+ *   strata worker --join 10.0.0.1:7700 --secret-file /etc/strata/secret
+ *
+ * Joins the coordinator, proves it knows the cluster secret, loads the layer
+ * range it is given and serves micro-batches until the coordinator drains
+ * it or it receives SIGTERM/SIGINT (it then tells the coordinator it is
+ * leaving). Exit status: 0 after a drain or a signal, 1 on an error (wrong
+ * secret, coordinator unreachable or gone), 2 on bad options.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli_util.h"
+
+const char st_cmd_worker_help[] = "run a cluster worker: join a coordinator and serve a layer range";
+
+#ifndef STRATA_HAVE_CLUSTER
+int st_cmd_worker(int argc, char **argv)
+{
+    (void)argc; (void)argv;
+    fprintf(stderr, "strata worker: built without cluster support (needs UCX and OpenSSL)\n");
+    return 1;
+}
+#else
+#include "st_worker.h"
+
+/* The one piece of process-wide state: what a signal handler may touch. */
+static volatile sig_atomic_t worker_stop;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    worker_stop = 1;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: strata worker --join HOST:PORT [options]\n"
+        "  --join HOST:PORT      the coordinator's control address\n"
+        "  --secret-file F       cluster secret (default: $STRATA_CLUSTER_SECRET)\n"
+        "  --name NAME           worker name (default: <hostname>-<pid>)\n"
+        "  -m, --model PATH      this host's copy of the model (default: the plan's path)\n"
+        "  -t, --threads N       compute threads (default: the plan's)\n"
+        "  --data-listen ADDR    data-plane listener (default 0.0.0.0:0)\n"
+        "  --transport TLS       UCX_TLS for the data plane (e.g. tcp, sm,self)\n"
+        "  --no-bind             do not apply the topology placement\n"
+        "  --mem BYTES           memory to advertise to the planner (default: MemAvailable)\n"
+        "  --join-timeout S      keep retrying the coordinator this long (default 30)\n");
+}
+
+int st_cmd_worker(int argc, char **argv)
+{
+    st_worker_params_t p = st_worker_default_params();
+    const char *secret_file = NULL, *v;
+    struct sigaction sa;
+    st_error_t err;
+    long l;
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--no-bind")) {
+            p.bind = 0;
+            continue;
+        }
+        if (!(v = cli_value(argc, argv, &i)))
+            return 2;
+        if (!strcmp(a, "--join")) {
+            p.join = v;
+        } else if (!strcmp(a, "--secret-file")) {
+            secret_file = v;
+        } else if (!strcmp(a, "--name")) {
+            p.name = v;
+        } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
+            p.model_path = v;
+        } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
+            if (cli_parse_long(a, v, 1, 4096, &l)) return 2;
+            p.n_threads = (int)l;
+        } else if (!strcmp(a, "--data-listen")) {
+            p.data_listen = v;
+        } else if (!strcmp(a, "--transport")) {
+            p.transport_tls = v;
+        } else if (!strcmp(a, "--mem")) {
+            if (cli_parse_long(a, v, 1, (long)(~0ul >> 1), &l)) return 2;
+            p.mem_bytes = (uint64_t)l;
+        } else if (!strcmp(a, "--join-timeout")) {
+            if (cli_parse_long(a, v, 0, 86400, &l)) return 2;
+            p.join_timeout_ms = (uint32_t)l * 1000u;
+        } else {
+            fprintf(stderr, "strata worker: unknown option '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!p.join) {
+        usage(stderr);
+        return 2;
+    }
+    st_error_clear(&err);
+    if (st_ctrl_secret_load(secret_file, p.secret, sizeof(p.secret), &p.secret_len, &err) != ST_OK) {
+        fprintf(stderr, "strata worker: %s\n", err.msg);
+        return 1;
+    }
+    /* A worker has nothing to say on stdout; libraries that print there
+     * (UCX warnings) must not mix into a launcher's output (mpirun, srun
+     * collect every rank's stdout with the coordinator's answer). */
+    fflush(stdout);
+    dup2(STDERR_FILENO, STDOUT_FILENO);
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    p.stop = &worker_stop;
+    if (st_worker_run(&p, &err) != ST_OK) {
+        fprintf(stderr, "strata worker: %s\n", err.msg);
+        return 1;
+    }
+    return 0;
+}
+#endif
