@@ -24,6 +24,20 @@ cmake --build build-asan -j"$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build-asan --output-on-failure -j"$jobs" -L unit
 
+echo "== libFuzzer harnesses (clang, ${STRATA_FUZZ_SECONDS:=20} s each)"
+cmake -S . -B build-fuzz -G Ninja -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+      -DSTRATA_FUZZ=ON -DSTRATA_WITH_CUDA=OFF -DSTRATA_BUILD_TESTS=OFF >/dev/null
+fuzzers=$(cd fuzz && ls fuzz_*.c | sed 's/\.c$//')
+for f in $fuzzers; do
+  cmake --build build-fuzz -j"$jobs" --target "$f" >/dev/null
+  corpus=fuzz/corpus/${f#fuzz_}
+  work=$(mktemp -d)
+  [[ -d "$corpus" ]] && cp -r "$corpus"/. "$work"/
+  ASAN_OPTIONS=detect_leaks=1 "build-fuzz/fuzz/$f" -max_total_time="$STRATA_FUZZ_SECONDS" \
+      -rss_limit_mb=2048 -print_final_stats=0 "$work" 2>&1 | tail -n 2
+  rm -rf "$work"
+done
+
 echo "== integration tests"
 export STRATA_BIN=$PWD/build/bin/strata
 export STRATA_ASAN_BIN=$PWD/build-asan/bin/strata
