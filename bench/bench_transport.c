@@ -602,22 +602,6 @@ static void tune_ucx_env(const opts_t *o)
         setenv("UCX_TCP_PUT_ENABLE", "n", 0);
 }
 
-/* With tcp enabled beside shared memory, UCX 1.13 uses tcp's put-zcopy for
- * the rendezvous of large messages even between processes of one host: 64 KiB
- * took 30 us instead of 8 us (measured here, posix,tcp,self). The switch is a
- * tcp iface option that ucp_config_modify() does not reach, so the process
- * that owns the environment (this command, not the library) sets it unless
- * the user did. RDMA transports are not affected. */
-static void tune_ucx_env(const opts_t *o)
-{
-    const char *tls = o->tls ? o->tls : getenv("UCX_TLS");
-    int tcp = !tls || strstr(tls, "tcp") || strstr(tls, "all");
-    int shm = !tls || strstr(tls, "posix") || strstr(tls, "sysv") || strstr(tls, "sm") ||
-              strstr(tls, "mm") || strstr(tls, "all");
-    if (tcp && shm)
-        setenv("UCX_TCP_PUT_ENABLE", "n", 0);
-}
-
 int st_bench_transport(int argc, char **argv)
 {
     opts_t o;
