@@ -45,6 +45,8 @@ static void usage(FILE *f)
         "  --secret-file F       cluster secret (default: $STRATA_CLUSTER_SECRET)\n"
         "  --name NAME           worker name (default: <hostname>-<pid>)\n"
         "  -m, --model PATH      this host's copy of the model (default: the plan's path)\n"
+        "  --key-file F          key of an encrypted model: only this stage's layers are\n"
+        "                        decrypted, into memory (see strata encrypt-model)\n"
         "  -t, --threads N       compute threads (default: the plan's)\n"
         "  --data-listen ADDR    data-plane listener (default 0.0.0.0:0)\n"
         "  --transport TLS       UCX_TLS for the data plane (e.g. tcp, sm,self)\n"
@@ -80,6 +82,8 @@ int st_cmd_worker(int argc, char **argv)
             p.name = v;
         } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
             p.model_path = v;
+        } else if (!strcmp(a, "--key-file")) {
+            p.key_file = v;
         } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
             if (cli_parse_long(a, v, 1, 4096, &l)) return 2;
             p.n_threads = (int)l;

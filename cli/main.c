@@ -46,10 +46,20 @@ static void usage(FILE *f)
     fprintf(f, "\n`strata <command> --help` shows a command's options.\n");
 }
 
+/* Command names become C identifiers (st_cmd_encrypt_model), which cannot
+ * hold '-'; on the command line '-' also matches '_' (encrypt-model). */
+static int name_eq(const char *name, const char *arg)
+{
+    for (; *name && *arg; name++, arg++)
+        if (*name != *arg && !(*name == '_' && *arg == '-'))
+            return 0;
+    return *name == *arg;
+}
+
 static int dispatch(const cli_entry_t *table, const char *what, int argc, char **argv)
 {
     for (const cli_entry_t *c = table; c->name; c++)
-        if (strcmp(c->name, argv[0]) == 0)
+        if (name_eq(c->name, argv[0]))
             return c->fn(argc, argv);
     fprintf(stderr, "strata: unknown %s '%s' (try `strata help`)\n", what, argv[0]);
     return 2;

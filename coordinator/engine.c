@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "st_crypt.h"
 #include "st_log.h"
 #include "st_model.h"
 #include "st_util.h"
@@ -590,6 +591,26 @@ static void progress_cb(void *ctx, uint64_t done, uint64_t total)
         fputc('\n', stderr);
 }
 
+/* Opens the model, decrypting it with the key file when one is given (the
+ * whole model: the local pipeline holds every layer). The key lives on the
+ * stack only for the duration of the open. */
+static st_status_t open_model(const st_engine_params_t *params, st_model_t **out,
+                              st_error_t *err)
+{
+    uint8_t key[ST_CRYPT_KEY_BYTES];
+    st_model_open_params_t mp = {.size = sizeof(mp)};
+    st_status_t st;
+
+    if (!params->key_file)
+        return st_model_open(params->model_path, NULL, out, err);
+    if ((st = st_crypt_key_load(params->key_file, key, err)) != ST_OK)
+        return st;
+    mp.key = key;
+    st = st_model_open(params->model_path, &mp, out, err);
+    explicit_bzero(key, sizeof(key));
+    return st;
+}
+
 st_status_t st_engine_create(const st_engine_params_t *params, st_engine_t **out, st_error_t *err)
 {
     st_engine_t *e;
@@ -616,7 +637,7 @@ st_status_t st_engine_create(const st_engine_params_t *params, st_engine_t **out
     pthread_mutex_init(&e->lock, NULL);
     pthread_cond_init(&e->cond, NULL);
 
-    st = st_model_open(params->model_path, NULL, &e->model, err);
+    st = open_model(params, &e->model, err);
     if (st != ST_OK)
         goto err_free;
     if (e->p.n_ctx > st_model_hparams(e->model)->n_ctx_train && st_model_hparams(e->model)->n_ctx_train)

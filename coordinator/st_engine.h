@@ -55,6 +55,7 @@ typedef struct st_engine_params {
                                       takes ownership and destroys it, also
                                       when st_engine_create fails. */
     int            prefetch_progress; /* show model loading progress on stderr */
+    const char    *key_file;       /* key of an encrypted model (st_crypt.h); NULL: none */
 } st_engine_params_t;
 
 #define ST_GEN_MAX_STOP 8

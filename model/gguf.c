@@ -65,6 +65,7 @@ struct st_gguf {
     st_tensor_t   *tensors;
     char          *names;       /* NUL-terminated tensor names, one block */
     name_ix_t     *tensor_ix;   /* sorted by name */
+    int            owns_map;    /* 0: st_gguf_open_mem, the caller owns the bytes */
 };
 
 /* Bounds-checked reader. `field` names what is being read, for errors. */
@@ -544,76 +545,100 @@ static st_status_t read_alignment(st_gguf_t *g, st_error_t *err)
     return ST_OK;
 }
 
-st_status_t st_gguf_open(const char *path, st_gguf_t **out, st_error_t *err)
+/* Parses and validates the bytes at g->map (g->size of them, >= the 24-byte
+ * header): shared by the file and the memory entry points, so a decrypted
+ * model passes exactly the checks a plain file does. */
+static st_status_t parse(st_gguf_t *g, st_error_t *err)
 {
-    st_gguf_t *g;
     cursor_t c;
     uint32_t magic = 0;
     uint64_t n_kv = 0;
     st_status_t s;
 
-    if (!path || !out)
-        return st_error_set(err, ST_ERR_INVALID, "st_gguf_open: NULL argument");
-    g = calloc(1, sizeof(*g));
+    c = (cursor_t){.base = g->map, .pos = 0, .size = g->size, .path = g->path, .err = err};
+    snprintf(c.field, sizeof(c.field), "header");
+    cur_u32(&c, &magic);                /* size >= 24 was checked by the caller */
+    cur_u32(&c, &g->version);
+    cur_u64(&c, &g->n_tensors);
+    cur_u64(&c, &n_kv);
+    if (magic != GGUF_MAGIC)
+        return st_error_set(err, ST_ERR_FORMAT, "%s: header: bad magic 0x%08x (expected 'GGUF')",
+                            g->path, magic);
+    if (g->version == 1)
+        return st_error_set(err, ST_ERR_UNSUPPORTED, "%s: header: GGUF version 1 is not supported "
+                            "(re-convert the model to GGUF v3)", g->path);
+    if (g->version != 2 && g->version != 3)
+        return st_error_set(err, ST_ERR_UNSUPPORTED, "%s: header: GGUF version %u is not supported "
+                            "(2 or 3; a big-endian file reads as 0x%08x)", g->path, g->version,
+                            g->version);
+    /* Counts beyond what the file can hold are refused before allocating. */
+    if (n_kv > (g->size - c.pos) / GGUF_MIN_KV_BYTES)
+        return st_error_set(err, ST_ERR_FORMAT, "%s: header: kv count %" PRIu64 " exceeds what %"
+                            PRIu64 " bytes can hold", g->path, n_kv, g->size);
+    if (g->n_tensors > (g->size - c.pos - n_kv * GGUF_MIN_KV_BYTES) / GGUF_MIN_TENSOR_BYTES)
+        return st_error_set(err, ST_ERR_FORMAT, "%s: header: tensor count %" PRIu64 " exceeds what %"
+                            PRIu64 " bytes can hold", g->path, g->n_tensors, g->size);
+    g->n_kv = (int64_t)n_kv;
+    if ((s = read_kvs(g, &c, err)) != ST_OK || (s = read_alignment(g, err)) != ST_OK ||
+        (s = read_tensors(g, &c, err)) != ST_OK)
+        return s;
+    g->data_offset = ST_ALIGN_UP(c.pos, (uint64_t)g->alignment);
+    return place_tensors(g, err);
+}
+
+static st_status_t new_gguf(const char *path, st_gguf_t **out, st_error_t *err)
+{
+    st_gguf_t *g = calloc(1, sizeof(*g));
     if (!g)
         return st_error_set(err, ST_ERR_NOMEM, "%s: out of memory", path);
     g->path = strdup(path);
     if (!g->path) {
-        s = st_error_set(err, ST_ERR_NOMEM, "%s: out of memory", path);
-        goto err_free;
+        free(g);
+        return st_error_set(err, ST_ERR_NOMEM, "%s: out of memory", path);
     }
-    if ((s = map_file(g, err)) != ST_OK)
-        goto err_free;
-
-    c = (cursor_t){.base = g->map, .pos = 0, .size = g->size, .path = g->path, .err = err};
-    snprintf(c.field, sizeof(c.field), "header");
-    cur_u32(&c, &magic);                /* size >= 24 was checked by map_file */
-    cur_u32(&c, &g->version);
-    cur_u64(&c, &g->n_tensors);
-    cur_u64(&c, &n_kv);
-    if (magic != GGUF_MAGIC) {
-        s = st_error_set(err, ST_ERR_FORMAT, "%s: header: bad magic 0x%08x (expected 'GGUF')",
-                         g->path, magic);
-        goto err_free;
-    }
-    if (g->version == 1) {
-        s = st_error_set(err, ST_ERR_UNSUPPORTED, "%s: header: GGUF version 1 is not supported "
-                         "(re-convert the model to GGUF v3)", g->path);
-        goto err_free;
-    }
-    if (g->version != 2 && g->version != 3) {
-        s = st_error_set(err, ST_ERR_UNSUPPORTED, "%s: header: GGUF version %u is not supported "
-                         "(2 or 3; a big-endian file reads as 0x%08x)", g->path, g->version,
-                         g->version);
-        goto err_free;
-    }
-    /* Counts beyond what the file can hold are refused before allocating. */
-    if (n_kv > (g->size - c.pos) / GGUF_MIN_KV_BYTES) {
-        s = st_error_set(err, ST_ERR_FORMAT, "%s: header: kv count %" PRIu64 " exceeds what %"
-                         PRIu64 " bytes can hold", g->path, n_kv, g->size);
-        goto err_free;
-    }
-    if (g->n_tensors > (g->size - c.pos - n_kv * GGUF_MIN_KV_BYTES) / GGUF_MIN_TENSOR_BYTES) {
-        s = st_error_set(err, ST_ERR_FORMAT, "%s: header: tensor count %" PRIu64 " exceeds what %"
-                         PRIu64 " bytes can hold", g->path, g->n_tensors, g->size);
-        goto err_free;
-    }
-    g->n_kv = (int64_t)n_kv;
-    if ((s = read_kvs(g, &c, err)) != ST_OK)
-        goto err_free;
-    if ((s = read_alignment(g, err)) != ST_OK)
-        goto err_free;
-    if ((s = read_tensors(g, &c, err)) != ST_OK)
-        goto err_free;
-    g->data_offset = ST_ALIGN_UP(c.pos, (uint64_t)g->alignment);
-    if ((s = place_tensors(g, err)) != ST_OK)
-        goto err_free;
     *out = g;
     return ST_OK;
+}
 
-err_free:
-    st_gguf_close(g);
-    return s;
+st_status_t st_gguf_open(const char *path, st_gguf_t **out, st_error_t *err)
+{
+    st_gguf_t *g = NULL;
+    st_status_t s;
+
+    if (!path || !out)
+        return st_error_set(err, ST_ERR_INVALID, "st_gguf_open: NULL argument");
+    if ((s = new_gguf(path, &g, err)) != ST_OK)
+        return s;
+    g->owns_map = 1;
+    if ((s = map_file(g, err)) != ST_OK || (s = parse(g, err)) != ST_OK) {
+        st_gguf_close(g);
+        return s;
+    }
+    *out = g;
+    return ST_OK;
+}
+
+st_status_t st_gguf_open_mem(const char *name, const void *base, uint64_t size,
+                             st_gguf_t **out, st_error_t *err)
+{
+    st_gguf_t *g = NULL;
+    st_status_t s;
+
+    if (!name || !base || !out)
+        return st_error_set(err, ST_ERR_INVALID, "st_gguf_open_mem: NULL argument");
+    if (size < GGUF_HEADER_BYTES)
+        return st_error_set(err, ST_ERR_FORMAT, "%s: header: %" PRIu64 " bytes, a GGUF header "
+                            "needs %u", name, size, GGUF_HEADER_BYTES);
+    if ((s = new_gguf(name, &g, err)) != ST_OK)
+        return s;
+    g->map = base;
+    g->size = size;
+    if ((s = parse(g, err)) != ST_OK) {
+        st_gguf_close(g);
+        return s;
+    }
+    *out = g;
+    return ST_OK;
 }
 
 void st_gguf_close(st_gguf_t *g)
@@ -628,7 +653,7 @@ void st_gguf_close(st_gguf_t *g)
     free(g->tensors);
     free(g->tensor_ix);
     free(g->names);
-    if (g->map)
+    if (g->map && g->owns_map)
         munmap((void *)g->map, (size_t)g->size);
     free(g->path);
     free(g);

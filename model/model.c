@@ -12,12 +12,14 @@
 #include <ctype.h>
 #include <inttypes.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "st_crypt.h"
 #include "st_util.h"
 
 #define ARCH_MAX 32u            /* longest architecture name we keep */
@@ -36,6 +38,7 @@ struct st_model {
     const st_tensor_t  *output;
     char                arch[ARCH_MAX + 1];
     char               *name;
+    st_crypt_t         *crypt;     /* encrypted model: owns the plaintext */
 };
 
 /* Context for the validation helpers: file path and error sink. */
@@ -380,9 +383,73 @@ static st_status_t read_names(const check_t *c, st_model_t *m, st_str_t arch)
     return ST_OK;
 }
 
+/* Whether params (of the caller's size) reach field f. */
+#define HAS_PARAM(p, f) ((p) && ((p)->size == 0 || (p)->size >= offsetof(st_model_open_params_t, f) \
+                                                                   + sizeof((p)->f)))
+
+/* An encrypted file: authenticate and decrypt its metadata, then read it
+ * with the same GGUF parser as a plain file. */
+static st_status_t open_encrypted(const char *path, const st_model_open_params_t *p,
+                                  st_model_t *m, st_error_t *err)
+{
+    st_status_t s;
+
+    if (!HAS_PARAM(p, key) || !p->key)
+        return st_error_set(err, ST_ERR_AUTH, "%s: encrypted model: a key is needed "
+                            "(--key-file)", path);
+    s = st_crypt_open(path, p->key, HAS_PARAM(p, lock_memory) && p->lock_memory, &m->crypt, err);
+    if (s != ST_OK)
+        return s;
+    return st_gguf_open_mem(path, st_crypt_plain(m->crypt), st_crypt_plain_size(m->crypt),
+                            &m->gguf, err);
+}
+
+static st_status_t decrypt_tensor(st_model_t *m, const st_tensor_t *t, st_error_t *err)
+{
+    return st_crypt_decrypt_range(m->crypt, t->file_offset, t->nbytes, t->name, err);
+}
+
+/* Decrypts what the caller's stage reads: everything, or its layers plus
+ * the embedding and/or head. */
+static st_status_t decrypt_selected(st_model_t *m, const st_model_open_params_t *p,
+                                    st_error_t *err)
+{
+    uint32_t first = HAS_PARAM(p, first_layer) ? p->first_layer : 0;
+    uint32_t last = HAS_PARAM(p, last_layer) ? p->last_layer : 0;
+    int embd = HAS_PARAM(p, with_embd) ? p->with_embd : 0;
+    st_status_t s = ST_OK;
+
+    if (last == 0) {
+        /* Tensor by tensor first, so a failure names the tensor; then any
+         * chunk left (padding between tensors). */
+        for (uint64_t i = 0; i < st_gguf_n_tensors(m->gguf) && s == ST_OK; i++)
+            s = decrypt_tensor(m, st_gguf_tensor(m->gguf, i), err);
+        return s == ST_OK ? st_crypt_decrypt_all(m->crypt, err) : s;
+    }
+    if (first > last || last > m->hp.n_layer)
+        return st_error_set(err, ST_ERR_RANGE, "%s: layer range [%" PRIu32 ", %" PRIu32 ") "
+                            "outside the model's %" PRIu32 " layers", st_gguf_path(m->gguf),
+                            first, last, m->hp.n_layer);
+    for (uint32_t i = first; i < last && s == ST_OK; i++) {
+        const st_llama_layer_t *l = &m->layers[i];
+        const st_tensor_t *ts[] = {l->attn_norm, l->wq, l->wk, l->wv, l->wo, l->ffn_norm,
+                                   l->w_gate, l->w_up, l->w_down};
+        for (size_t k = 0; k < ST_ARRAY_SIZE(ts) && s == ST_OK; k++)
+            s = decrypt_tensor(m, ts[k], err);
+    }
+    if (s == ST_OK && (embd & 1))
+        s = decrypt_tensor(m, m->tok_embd, err);
+    if (s == ST_OK && (embd & 2))
+        s = decrypt_tensor(m, m->output_norm, err);
+    if (s == ST_OK && (embd & 2))
+        s = decrypt_tensor(m, m->output, err);
+    return s;
+}
+
 st_status_t st_model_open(const char *path, const st_model_open_params_t *params,
                           st_model_t **out, st_error_t *err)
 {
+    int encrypted = 0;
     st_model_t *m;
     check_t c;
     st_str_t arch;
@@ -397,7 +464,10 @@ st_status_t st_model_open(const char *path, const st_model_open_params_t *params
     m = calloc(1, sizeof(*m));
     if (!m)
         return st_error_set(err, ST_ERR_NOMEM, "%s: out of memory", path);
-    if ((s = st_gguf_open(path, &m->gguf, err)) != ST_OK)
+    if ((s = st_crypt_probe(path, &encrypted, err)) != ST_OK)
+        goto err_model;
+    s = encrypted ? open_encrypted(path, params, m, err) : st_gguf_open(path, &m->gguf, err);
+    if (s != ST_OK)
         goto err_model;
     c = (check_t){m->gguf, st_gguf_path(m->gguf), err};
 
@@ -433,6 +503,8 @@ st_status_t st_model_open(const char *path, const st_model_open_params_t *params
     }
     if ((s = bind_tensors(&c, m)) != ST_OK)
         goto err_model;
+    if (m->crypt && (s = decrypt_selected(m, params, err)) != ST_OK)
+        goto err_model;
     *out = m;
     return ST_OK;
 
@@ -448,7 +520,16 @@ void st_model_close(st_model_t *m)
     free(m->layers);
     free(m->name);
     st_gguf_close(m->gguf);
+    st_crypt_close(m->crypt);   /* after the reader that points into it */
     free(m);
+}
+
+uint64_t st_model_decrypted_bytes(const st_model_t *m)
+{
+    uint64_t bytes = 0;
+    if (m && m->crypt)
+        st_crypt_stats(m->crypt, NULL, NULL, &bytes);
+    return bytes;
 }
 
 const st_llama_hparams_t *st_model_hparams(const st_model_t *m) { return &m->hp; }

@@ -50,6 +50,12 @@ typedef struct st_str {
  * eagerly beyond the header. */
 st_status_t st_gguf_open(const char *path, st_gguf_t **out, st_error_t *err);
 void        st_gguf_close(st_gguf_t *g);
+/* The same parser and checks over `size` bytes at `base` that the caller
+ * owns and keeps valid until st_gguf_close (which does not free them): how a
+ * decrypted model (st_crypt.h) is read without a plaintext file. `name`
+ * stands for the path in errors and st_gguf_path. */
+st_status_t st_gguf_open_mem(const char *name, const void *base, uint64_t size,
+                             st_gguf_t **out, st_error_t *err);
 
 const char *st_gguf_path(const st_gguf_t *g);
 uint32_t    st_gguf_version(const st_gguf_t *g);

@@ -16,7 +16,10 @@
  * when present, else the token embedding (tied).
  *
  * Weights are used in place from the mapping: nothing is copied or
- * dequantized. st_model_prefetch touches only the requested layer range, so
+ * dequantized. An encrypted model (st_crypt.h) needs params->key; it is
+ * decrypted into anonymous memory, only the layers asked for when a layer
+ * range is given (the other tensors read as zeros), and then read exactly
+ * like a plain file. A plain GGUF is mapped as before, key or not. st_model_prefetch touches only the requested layer range, so
  * a pipeline stage's resident memory is its own share of the file.
  */
 #ifndef ST_MODEL_H
@@ -61,6 +64,14 @@ typedef struct st_llama_layer {
 typedef struct st_model_open_params {
     uint32_t size;          /* sizeof(st_model_open_params_t): lets the struct grow */
     int      verbose;       /* reserved */
+    /* Encrypted models (st_crypt.h, docs/ENCRYPTION.md), recognised by their
+     * magic. The plaintext lives in anonymous memory only. */
+    const uint8_t *key;     /* 32-byte AES-256 key; NULL: plain models only */
+    uint32_t first_layer;   /* decrypt layers [first_layer, last_layer) ... */
+    uint32_t last_layer;    /* ... 0: decrypt the whole file */
+    int      with_embd;     /* with a layer range: 1 token embedding, 2 output
+                               norm + head (the embedding when tied), 3 both */
+    int      lock_memory;   /* mlock the plaintext (fails if RLIMIT_MEMLOCK is low) */
 } st_model_open_params_t;
 
 /* Progress callback for st_model_prefetch: bytes done out of total. */
@@ -91,6 +102,10 @@ uint64_t st_model_kv_bytes_per_token_layer(const st_model_t *m);
 /* Touch (read) the pages of layers [first, last), plus the embedding when
  * with_embd & 1 and the output head when with_embd & 2, reporting progress.
  * Uses madvise(WILLNEED) and reads one byte per page. */
+/* Encrypted models: plaintext bytes decrypted at open (metadata included);
+ * 0 for a plain model. */
+uint64_t st_model_decrypted_bytes(const st_model_t *m);
+
 st_status_t st_model_prefetch(const st_model_t *m, uint32_t first, uint32_t last,
                               int with_embd, st_model_progress_fn fn, void *ctx);
 

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "st_crypt.h"
 #include "st_log.h"
 #include "st_model.h"
 #include "st_stage.h"
@@ -278,17 +279,46 @@ static st_status_t verify_range(wk_t *w, st_error_t *err)
     return st;
 }
 
+/* With a key file, only this stage's tensors are decrypted, so a new plan
+ * (another layer range) reopens the model; the key is on the stack only
+ * while the model is opened. */
+static st_status_t open_stage_model(wk_t *w, const char *path, st_error_t *err)
+{
+    const st_ctrl_plan_t *pl = &w->plan;
+    uint8_t key[ST_CRYPT_KEY_BYTES];
+    st_model_open_params_t mp = {.size = sizeof(mp)};
+    st_status_t st;
+
+    if (!w->p->key_file)
+        return st_model_open(path, NULL, &w->model, err);
+    if ((st = st_crypt_key_load(w->p->key_file, key, err)) != ST_OK)
+        return st;
+    mp.key = key;
+    mp.first_layer = pl->first_layer;
+    mp.last_layer = pl->last_layer;
+    mp.with_embd = (pl->first_layer == 0 ? 1 : 0) | (pl->last_layer == pl->n_layer ? 2 : 0);
+    st = st_model_open(path, &mp, &w->model, err);
+    explicit_bzero(key, sizeof(key));
+    if (st == ST_OK)
+        st_info(MOD, "%s: decrypted %.1f of %.1f MB of %s (layers [%u, %u)%s%s)", w->name,
+                (double)st_model_decrypted_bytes(w->model) / 1e6,
+                (double)st_gguf_file_size(st_model_gguf(w->model)) / 1e6, path,
+                pl->first_layer, pl->last_layer, (mp.with_embd & 1) ? " + embedding" : "",
+                (mp.with_embd & 2) ? " + head" : "");
+    return st;
+}
+
 static st_status_t open_model(wk_t *w, st_error_t *err)
 {
     const char *path = w->p->model_path ? w->p->model_path : w->plan.model_path;
     const st_llama_hparams_t *hp;
     st_status_t st;
 
-    if (!w->model || strcmp(path, w->model_path) != 0) {
+    if (!w->model || strcmp(path, w->model_path) != 0 || w->p->key_file) {
         st_model_close(w->model);
         w->model = NULL;
         snprintf(w->model_path, sizeof(w->model_path), "%s", path);
-        st = st_model_open(path, NULL, &w->model, err);
+        st = open_stage_model(w, path, err);
         if (st != ST_OK)
             return st;
     }

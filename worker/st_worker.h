@@ -53,6 +53,8 @@ typedef struct st_worker_params {
     uint32_t    join_timeout_ms;      /* keep retrying the first connection this long */
     uint64_t    spin_ns;              /* transport busy-poll after activity */
     volatile sig_atomic_t *stop;      /* optional: leave when it becomes non-zero */
+    const char *key_file;             /* encrypted model (st_crypt.h): decrypt only this
+                                         stage's layers (+ embedding / head) with it */
 } st_worker_params_t;
 
 st_worker_params_t st_worker_default_params(void);
