@@ -38,8 +38,14 @@ static const cli_entry_t benches[] = {
 static void usage(FILE *f)
 {
     fprintf(f, "usage: strata <command> [options]\n\ncommands:\n");
-    for (const cli_entry_t *c = commands; c->name; c++)
-        fprintf(f, "  %-14s %s\n", c->name, c->help);
+    for (const cli_entry_t *c = commands; c->name; c++) {
+        char name[32];
+        snprintf(name, sizeof(name), "%s", c->name);
+        for (char *p = name; *p; p++)
+            if (*p == '_')
+                *p = '-';
+        fprintf(f, "  %-14s %s\n", name, c->help);
+    }
     fprintf(f, "  %-14s %s\n", "bench", "benchmarks: strata bench <name> (see below)");
     for (const cli_entry_t *c = benches; c->name; c++)
         fprintf(f, "    bench %-8s %s\n", c->name, c->help);
