@@ -128,7 +128,12 @@ typedef struct st_cpu_kernels {
     /* Quantize one activation row of `cols` floats into the layout above;
      * with_dx16 also fills dx16. L->two selects one or two levels. */
     void (*quantize_row)(const float *x, const st_q8_layout_t *L, uint8_t *row, int with_dx16);
-    /* out for rows [r0, r1) and all n tokens, weights read in place; any n. */
+    /* out for rows [r0, r1) and all n tokens, weights read in place; any n.
+     * Batch invariance: every integer kernel of a level (qgemv and qgemm,
+     * for any n) must give each (row, token) element bit for bit the same
+     * result, i.e. the same float operations in the same order; only the
+     * integer block sums may be formed differently (they are exact).
+     * Levels may differ from each other. */
     void (*qgemv)(const st_qmm_args_t *a, int r0, int r1, void *scratch);
     /* Optional: tiled version for n >= tile_min_n, reusing each weight
      * block across several tokens. Needs dx16 and scratch of

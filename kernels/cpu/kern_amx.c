@@ -13,14 +13,27 @@
  * int32 (tile C). Scales differ per block, so each block is its own TDPBUSD
  * (K = 32) and the int32 tile is stored and folded into float accumulators
  * with AVX-512: acc[m][t] = fma(O_m, s_t, fma(float(C[m][t]), D_m dx_t, acc)).
- * A step handles 32 rows x 32 tokens (4 C tiles, 2 A, 2 B = all 8 tiles).
+ * One level: a step handles 32 rows x 32 tokens (4 C tiles, 2 A, 2 B = all
+ * 8 tiles).
  *
  * Two-level activations (cpu_impl.h) need two products per block with the
- * same A tile: there the second B tile holds the q2 plane of the SAME 16
- * tokens instead of the next 16, a step is 32 rows x 16 tokens, and the
- * fold takes 127 * C(q1) + C(q2) (exact in int32) before the conversion.
- * Each weight block is still expanded once per 32 rows and loaded into
- * the A tiles once per 16 tokens.
+ * same A tile: TC0 = A x B(q1), TC1 = A x B(q2) for 16 rows x 16 tokens,
+ * folded as 127 * C(q1) + C(q2) (exact in int32) before the conversion,
+ * into 16 accumulators kept in registers (qgemm_amx_two16).
+ *
+ * Batch invariance: per (row, token) these are exactly the operations of
+ * the AVX-512 kernel that serves n < AMX_MIN_N (kern_avx512.c): the exact
+ * int32 block sum, then acc = fma(float(isum), D*dx, acc) and
+ * acc = fma(O, s, acc), blocks in increasing order. So a token's output
+ * is the same whether it is decoded alone or sits anywhere in a prefill
+ * (tests/kernels/test_kernels_batch.c).
+ *
+ * Measured (bench kernels, 1 thread, shared 2-core VM, noisy): the fold
+ * and the tile work do not overlap much whatever the order (store b / mul
+ * b+1 / fold b-1, fold first, two tile sets 2 blocks ahead: all within
+ * noise, the last one ~10% slower); disabling the fold cut gate/up n=128
+ * from ~0.83 to ~0.48 ms, disabling the tile work to ~0.53 ms, both to
+ * ~0.22 ms (quantize, repack, weight expansion, output transpose).
  *
  * Repacked activations (xq2), n_pad = n rounded up to 16:
  *   tiles  [n_pad/16][nb][8][64] int8   level 1
@@ -146,12 +159,15 @@ static inline __attribute__((always_inline)) void amx_prep(int type, const st_qm
     const int bb = st_qblock_bytes(type), nb = a->L.nb;
     const float of = ofactor(type);
     const __m128i m4 = _mm_set1_epi8(0x0F), bias = _mm_set1_epi8((char)0x80);
+    const __m512i bidx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                            _mm512_set1_epi32(bb));
 
     for (int m = 0; m < 32; m++) {
+        float *dr = B->d + (size_t)m * nb, *orow = B->o + (size_t)m * nb;
         if (m >= nr) {
             for (int b = 0; b < nb; b++) {
                 memset(B->w + ((size_t)b * 32 + m) * 32, 0, 32);
-                B->d[b * 32 + m] = B->o[b * 32 + m] = 0.0f;
+                dr[b] = orow[b] = 0.0f;
             }
             continue;
         }
@@ -169,31 +185,37 @@ static inline __attribute__((always_inline)) void amx_prep(int type, const st_qm
                 _mm_storeu_si128((__m128i *)dst, _mm_and_si128(v, m4));
                 _mm_storeu_si128((__m128i *)(dst + 16), _mm_and_si128(_mm_srli_epi16(v, 4), m4));
             }
-            float dm[4];
-            _mm_storeu_ps(dm, pair_dm(type, blk, NULL));
-            B->d[b * 32 + m] = dm[0];
-            B->o[b * 32 + m] = dm[1] * of;
+        }
+        /* D and O of 16 blocks per gather (the first dword of each block:
+         * d, then m for Q4_1): ~10x fewer instructions than converting
+         * them one block at a time, which was ~10% of a prefill. */
+        for (int b0 = 0; b0 < nb; b0 += 16) {
+            const __mmask16 k = nb - b0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (nb - b0)) - 1);
+            __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), k, bidx,
+                                                    (const void *)(wr + (size_t)b0 * bb), 1);
+            __m512 D = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
+            __m512 O = type == ST_DTYPE_Q4_1
+                           ? _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(g, 16)))
+                           : D;
+            _mm512_mask_storeu_ps(dr + b0, k, D);
+            _mm512_mask_storeu_ps(orow + b0, k, _mm512_mul_ps(O, _mm512_set1_ps(of)));
         }
     }
 }
 
-/* acc[m][16 tokens] for rows m0..m0+15 from one C tile, or when two from
- * 127 * ct + ct2 (the q1 and q2 products of the same rows and tokens). */
-static inline __attribute__((always_inline)) void amx_fold(int two, float *acc, const int32_t *ct,
-                                                            const int32_t *ct2, int m0, int col,
-                                                            const float *d, const float *o,
-                                                            __m512 dxv, __m512 sv)
+/* acc[m][16 tokens] for rows m0..m0+15 from one C tile (one level; d and
+ * o are [row][nb], pointing at block b). */
+static inline __attribute__((always_inline)) void amx_fold(float *acc, const int32_t *ct, int m0,
+                                                            int col, const float *d, const float *o,
+                                                            int nb, __m512 dxv, __m512 sv)
 {
     for (int i = 0; i < 16; i++) {
         int m = m0 + i;
         __m512i ci = _mm512_load_si512(ct + i * 16);
-        if (two)
-            ci = _mm512_add_epi32(_mm512_sub_epi32(_mm512_slli_epi32(ci, 7), ci),
-                                  _mm512_load_si512(ct2 + i * 16));
         __m512 cv = _mm512_cvtepi32_ps(ci);
-        __m512 sc = _mm512_mul_ps(dxv, _mm512_set1_ps(d[m]));
+        __m512 sc = _mm512_mul_ps(dxv, _mm512_set1_ps(d[m * nb]));
         __m512 v = _mm512_fmadd_ps(cv, sc, _mm512_load_ps(acc + m * 32 + col));
-        v = _mm512_fmadd_ps(_mm512_set1_ps(o[m]), sv, v);
+        v = _mm512_fmadd_ps(_mm512_set1_ps(o[m * nb]), sv, v);
         _mm512_store_ps(acc + m * 32 + col, v);
     }
 }
@@ -236,26 +258,122 @@ static inline __attribute__((always_inline)) void amx_store(int32_t *c, int two_
     }
 }
 
+/* Two-level activations, 16 rows x 16 tokens per step: the q1 and q2
+ * products of one A tile (TC0, TC1), folded into 16 accumulators that stay
+ * in registers for the whole row of blocks. (The one-level 32 x 32 step
+ * keeps its accumulators in memory: a load and a store per row and block.)
+ * Per element the operations are those of amx_fold and of the AVX-512
+ * kernel (kern_avx512.c), in the same order: results do not depend on n. */
+static inline __attribute__((always_inline)) void amx_mul2(const uint8_t *wa, const uint8_t *bq1,
+                                                            const uint8_t *bq2)
+{
+    _tile_loadd(TA0, wa, 32);
+    _tile_loadd(TB0, bq1, 64);
+    _tile_loadd(TB1, bq2, 64);
+    _tile_zero(TC0);
+    _tile_dpbusd(TC0, TA0, TB0);
+    _tile_zero(TC1);
+    _tile_dpbusd(TC1, TA0, TB1);
+}
+
+static inline __attribute__((always_inline)) void amx_store2(int32_t *c)
+{
+    _tile_stored(TC0, c, 64);
+    _tile_stored(TC1, c + 256, 64);
+}
+
+static void qgemm_amx_two16(const st_qmm_args_t *a, int rg, int nr, const amx_buf_t *B,
+                            const uint8_t *pf, size_t pf_bytes)
+{
+    size_t pf_at = 0;
+    const int nb = a->L.nb, n_pad = a->n_pad;
+    const size_t plane = tiles_bytes(n_pad, &a->L);
+    const float *dx = (const float *)(a->xq2 + plane * 2);
+    const float *sx = dx + (size_t)nb * n_pad;
+    const __m512i gidx = _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176,
+                                           192, 208, 224, 240);
+
+    for (int tg = 0; tg < n_pad; tg += 16) {
+        const uint8_t *bt0 = a->xq2 + (size_t)(tg / 16) * nb * 512, *bt1 = bt0 + plane;
+        for (int h = 0; h * 16 < nr; h++) {
+            const uint8_t *wa = B->w + h * 512;
+            const float *dh = B->d + (size_t)h * 16 * nb, *oh = B->o + (size_t)h * 16 * nb;
+            __m512 acc[16];
+            for (int i = 0; i < 16; i++)
+                acc[i] = _mm512_setzero_ps();
+            /* Three stages in flight: store block b's products, start the
+             * tiles on b + 1, fold b - 1 (stored one step earlier, so its
+             * loads never wait on the tile store). */
+            amx_mul2(wa, bt0, bt1);
+            for (int b = 0; b <= nb; b++) {
+                if (b > 0) {
+                    const int bf = b - 1;
+                    const int32_t *cb = B->c + (bf & 1) * 512;
+                    const __m512 dxv = _mm512_loadu_ps(dx + (size_t)bf * n_pad + tg);
+                    const __m512 sv = _mm512_loadu_ps(sx + (size_t)bf * n_pad + tg);
+                    const float *d = dh + bf, *o = oh + bf;
+#pragma GCC unroll 16
+                    for (int i = 0; i < 16; i++) {
+                        __m512i ci = _mm512_load_si512(cb + i * 16);
+                        ci = _mm512_add_epi32(_mm512_sub_epi32(_mm512_slli_epi32(ci, 7), ci),
+                                              _mm512_load_si512(cb + 256 + i * 16));
+                        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ci),
+                                                 _mm512_mul_ps(dxv, _mm512_set1_ps(d[i * nb])), acc[i]);
+                        acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(o[i * nb]), sv, acc[i]);
+                    }
+                }
+                /* The next 32 weight rows come from memory (each weight is
+                 * read once per prefill): fetch them while this group
+                 * computes, a line per block, instead of stalling in
+                 * amx_prep. */
+                if (pf_at < pf_bytes) {
+                    _mm_prefetch((const char *)(pf + pf_at), _MM_HINT_T1);
+                    pf_at += 64;
+                }
+                if (b < nb)
+                    amx_store2(B->c + (b & 1) * 512);
+                if (b + 1 < nb)
+                    amx_mul2(wa + (size_t)(b + 1) * 1024, bt0 + (size_t)(b + 1) * 512,
+                             bt1 + (size_t)(b + 1) * 512);
+            }
+            /* acc is [row][token]; out is [token][row] */
+            for (int i = 0; i < 16; i++)
+                _mm512_store_ps(B->acc + i * 16, acc[i]);
+            const int left = nr - h * 16;
+            const __mmask16 k = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+            for (int j = 0; j < 16 && tg + j < a->n; j++)
+                _mm512_mask_storeu_ps(a->out + (size_t)(tg + j) * a->ldo + rg + h * 16, k,
+                                      _mm512_i32gather_ps(gidx, B->acc + j, 4));
+        }
+    }
+}
+
 static inline __attribute__((always_inline)) void qgemm_amx_type(int type, int two,
                                                                   const st_qmm_args_t *a, int r0,
                                                                   int r1, const amx_buf_t *B)
 {
     const int nb = a->L.nb, n_pad = a->n_pad;
     const size_t plane = tiles_bytes(n_pad, &a->L);
-    const float *dx = (const float *)(a->xq2 + plane * (two ? 2 : 1));
+    const float *dx = (const float *)(a->xq2 + plane);   /* one level: one tile plane */
     const float *sx = dx + (size_t)nb * n_pad;
-    const int tstep = two ? 16 : 32;
+    const int tstep = 32;
     const __m512i gidx = _mm512_setr_epi32(0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352,
                                            384, 416, 448, 480);
 
     for (int rg = r0; rg < r1; rg += 32) {
         const int nr = ST_MIN(32, r1 - rg), two_r = nr > 16;
         amx_prep(type, a, rg, nr, B);
+        if (two) {   /* 16 x 16 steps with register accumulators */
+            const int nnext = ST_MIN(32, r1 - rg - nr);
+            qgemm_amx_two16(a, rg, nr, B, a->w + (size_t)(rg + nr) * a->w_stride,
+                            nnext > 0 ? (size_t)nnext * a->w_stride : 0);
+            continue;
+        }
+        /* one level: 32 rows x 32 tokens, C1/C3 hold the next 16 tokens */
         for (int tg = 0; tg < n_pad; tg += tstep) {
-            /* C1/C3 hold the next 16 tokens, or with two the q2 products */
-            const int two_t = two || tg + 16 < n_pad;
+            const int two_t = tg + 16 < n_pad;
             const uint8_t *bt0 = a->xq2 + (size_t)(tg / 16) * nb * 512;
-            const uint8_t *bt1 = two ? bt0 + plane : bt0 + (size_t)nb * 512;
+            const uint8_t *bt1 = bt0 + (size_t)nb * 512;
             memset(B->acc, 0, 4096);
             /* Software pipeline: the tiles multiply block b + 1 while the
              * vector units fold block b from the other half of c (A/B on
@@ -267,24 +385,18 @@ static inline __attribute__((always_inline)) void qgemm_amx_type(int type, int t
                 const int32_t *cb = B->c + (b & 1) * 1024;
                 if (b + 1 < nb)
                     amx_mul(B, bt0, bt1, b + 1, two_r, two_t);
-                const float *d = B->d + b * 32, *o = B->o + b * 32;
+                const float *d = B->d + b, *o = B->o + b;
                 __m512 dx0 = _mm512_loadu_ps(dx + (size_t)b * n_pad + tg);
                 __m512 s0 = _mm512_loadu_ps(sx + (size_t)b * n_pad + tg);
-                if (two) {
-                    amx_fold(1, B->acc, cb, cb + 256, 0, 0, d, o, dx0, s0);
+                amx_fold(B->acc, cb, 0, 0, d, o, nb, dx0, s0);
+                if (two_r)
+                    amx_fold(B->acc, cb + 512, 16, 0, d, o, nb, dx0, s0);
+                if (two_t) {
+                    __m512 dx1 = _mm512_loadu_ps(dx + (size_t)b * n_pad + tg + 16);
+                    __m512 s1 = _mm512_loadu_ps(sx + (size_t)b * n_pad + tg + 16);
+                    amx_fold(B->acc, cb + 256, 0, 16, d, o, nb, dx1, s1);
                     if (two_r)
-                        amx_fold(1, B->acc, cb + 512, cb + 768, 16, 0, d, o, dx0, s0);
-                } else {
-                    amx_fold(0, B->acc, cb, NULL, 0, 0, d, o, dx0, s0);
-                    if (two_r)
-                        amx_fold(0, B->acc, cb + 512, NULL, 16, 0, d, o, dx0, s0);
-                    if (two_t) {
-                        __m512 dx1 = _mm512_loadu_ps(dx + (size_t)b * n_pad + tg + 16);
-                        __m512 s1 = _mm512_loadu_ps(sx + (size_t)b * n_pad + tg + 16);
-                        amx_fold(0, B->acc, cb + 256, NULL, 0, 16, d, o, dx1, s1);
-                        if (two_r)
-                            amx_fold(0, B->acc, cb + 768, NULL, 16, 16, d, o, dx1, s1);
-                    }
+                        amx_fold(B->acc, cb + 768, 16, 16, d, o, nb, dx1, s1);
                 }
                 if (b + 1 < nb)
                     amx_store(B->c + ((b + 1) & 1) * 1024, two_r, two_t);
@@ -307,7 +419,7 @@ static void qgemm_amx(const st_qmm_args_t *a, int r0, int r1, void *scratch)
 {
     amx_buf_t B;
     if (a->n < AMX_MIN_N || !a->xq2) {
-        st_cpu_kernels_avx512()->qgemm(a, r0, r1, scratch);
+        st_cpu_kernels_avx512()->qgemv(a, r0, r1, scratch);
         return;
     }
     amx_buf_at(&a->L, scratch, &B);

@@ -7,17 +7,17 @@
  * here, and works with gcc and clang alike. Nothing in this file runs
  * unless isa.c found those features at run time.
  *
- * Two integer matmul kernels (see cpu_impl.h for the formulation):
- *  - qgemv, for n < 16 tokens: streams weight rows straight from the
- *    mapping, in 256-bit registers (vpdpbusd ymm issues on two ports, zmm
- *    on one), two blocks per step; 4 rows x 1 token, or 2 rows x up to 4
- *    tokens sharing each expanded weight pair.
- *  - qgemm, for n >= 16 tokens (prefill): expands a tile of 16 weight rows
- *    once into u8 + per-lane scales in per-thread scratch, then runs a
- *    4-row x 4-token microkernel with 16 zmm accumulators, so each weight
- *    block loaded is used for 4 tokens and each activation block for 4
- *    rows. Per element the arithmetic is the same for every tile shape, so
- *    where a tile boundary falls never changes a result.
+ * One integer matmul kernel for every n (see cpu_impl.h for the
+ * formulation, and "integer matmul" below): weights of 16 rows are
+ * transposed per block so that one vpdpbusd adds to all 16 rows' exact
+ * block sums; each token's element then gets the same float operations in
+ * the same order as the AMX level's fold. A token's result is therefore
+ * the same whatever n and wherever it sits in the batch (batch
+ * invariance; the previous streaming gemv and 4x4 register tiles summed
+ * partial lanes in kernel-specific orders and differed in the last bits).
+ * n = 1 transposes each block in registers and uses it at once; larger n
+ * transposes a 16-row group once into per-thread scratch and walks the
+ * tokens 4 at a time.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -119,371 +119,242 @@ static void quantize_row_avx512(const float *x, const st_q8_layout_t *L, uint8_t
     }
 }
 
-/* ---- qgemv: few tokens, weights streamed ---- */
+/* ---- integer matmul: one kernel for every n (batch invariance) ----
+ *
+ * A token's result must not depend on how many tokens share the call
+ * (identical greedy requests served together must give the same text), so
+ * every n runs the same per-element arithmetic, and it is the arithmetic
+ * the AMX level's tiles fold with (kern_amx.c): per weight block b in
+ * increasing order, the exact int32 block dot isum (127 * dot(q1) + dot(q2)
+ * with two levels), then
+ *     acc = fma((float)isum, D_b * dx_b, acc);  acc = fma(O_b, s_b, acc).
+ * Only full block sums can be shared with AMX (one TDPBUSD per block), so
+ * the weights of 16 rows are transposed per block into the tiles' "VNNI"
+ * layout: W[k] lane i = values 4k..4k+3 of row i, and one vpdpbusd with a
+ * broadcast activation dword adds 4 products to each row's block sum; 8
+ * (16 with two levels) give 16 rows' complete sums in one zmm, no
+ * horizontal reduction. The transpose (4x4 dword shuffles of 16 loaded
+ * rows) is done once per 16 rows and reused by every token of the call. */
 
-/* sum u * c over a block pair into 8 int32 lanes; x = q1 lo, hi and, when
- * two, q2 lo, hi: 127 * dot(q1) + dot(q2), exact in int32. */
-INLINE __m256i pair_dpbusd(int two, __m256i wl, __m256i wh, const __m256i *x)
+#define QT_ROWS 16
+
+typedef struct qt_buf {
+    uint32_t *wt;   /* [nb][8][16] u8 x4 per row */
+    float    *d;    /* [nb][16] D per row */
+    float    *o;    /* [nb][16] O * ofactor per row */
+} qt_buf_t;
+
+static size_t qt_scratch(const st_q8_layout_t *L)
 {
-    __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wl, x[0]);
-    dot = _mm256_dpbusd_epi32(dot, wh, x[1]);
-    if (two) {
-        dot = _mm256_sub_epi32(_mm256_slli_epi32(dot, 7), dot);
-        dot = _mm256_dpbusd_epi32(dot, wl, x[2]);
-        dot = _mm256_dpbusd_epi32(dot, wh, x[3]);
+    return (size_t)L->nb * (512 + 128) + 64;
+}
+
+static void qt_buf_at(const st_q8_layout_t *L, void *scratch, qt_buf_t *B)
+{
+    uint8_t *p = (uint8_t *)ST_ALIGN_UP((uintptr_t)scratch, (uintptr_t)64);
+    B->wt = (uint32_t *)p;
+    B->d = (float *)(p + (size_t)L->nb * 512);
+    B->o = B->d + (size_t)L->nb * 16;
+}
+
+/* K[k] lane i = dword k of the 16 bytes at p[i] + off (i = 0..15). */
+INLINE void tr16x4(const uint8_t *const p[16], size_t off, __m512i K[4])
+{
+    __m512i Z[4];
+    for (int j = 0; j < 4; j++) {
+        /* 128-bit lane l of Z[j] holds row 4l + j */
+        __m512i z = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(p[j] + off)));
+        z = _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)(p[4 + j] + off)), 1);
+        z = _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)(p[8 + j] + off)), 2);
+        z = _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)(p[12 + j] + off)), 3);
+        Z[j] = z;
     }
-    return dot;
+    __m512i t0 = _mm512_unpacklo_epi32(Z[0], Z[1]), t1 = _mm512_unpackhi_epi32(Z[0], Z[1]);
+    __m512i t2 = _mm512_unpacklo_epi32(Z[2], Z[3]), t3 = _mm512_unpackhi_epi32(Z[2], Z[3]);
+    K[0] = _mm512_unpacklo_epi64(t0, t2);
+    K[1] = _mm512_unpackhi_epi64(t0, t2);
+    K[2] = _mm512_unpacklo_epi64(t1, t3);
+    K[3] = _mm512_unpackhi_epi64(t1, t3);
 }
 
-/* Activation planes of pair p of one row: q1 (lo, hi), q2 (lo, hi) when two. */
-INLINE void load_x(int two, const uint8_t *xrow, const st_q8_layout_t *L, int p, __m256i *x)
+/* Row pointers and gather offsets of 16 rows from r (R <= 16 present;
+ * missing lanes repeat row r and are never stored). */
+typedef struct qt_rows {
+    const uint8_t *grp;
+    const uint8_t *rp[16];
+    __m512i        vidx;
+} qt_rows_t;
+
+INLINE void qt_rows_init(const st_qmm_args_t *a, int r, int R, qt_rows_t *g)
 {
-    const int8_t *q = (const int8_t *)xrow + p * 64;
-    x[0] = _mm256_loadu_si256((const __m256i *)q);
-    x[1] = _mm256_loadu_si256((const __m256i *)(q + 32));
-    if (two) {
-        const int8_t *q2 = (const int8_t *)(xrow + L->q2_off) + p * 64;
-        x[2] = _mm256_loadu_si256((const __m256i *)q2);
-        x[3] = _mm256_loadu_si256((const __m256i *)(q2 + 32));
+    int32_t idx[16];
+    g->grp = a->w + (size_t)r * a->w_stride;
+    for (int i = 0; i < 16; i++) {
+        int ii = i < R ? i : 0;
+        idx[i] = (int32_t)((size_t)ii * a->w_stride);
+        g->rp[i] = g->grp + (size_t)idx[i];
     }
+    g->vidx = _mm512_loadu_si512(idx);
 }
 
-INLINE void gemv_pair_w(int two, __m256i wl, __m256i wh, __m128 dm, const __m256i *x, __m128 xvp,
-                        __m256 *acc, __m128 *accm)
-{
-    const __m256i idx = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
-    __m256i dot = pair_dpbusd(two, wl, wh, x);
-    __m128 sc4 = _mm_mul_ps(dm, xvp);
-    *accm = _mm_add_ps(*accm, sc4);
-    __m256 sc8 = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(sc4), idx);
-    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc8, *acc);
-}
-
-/* R rows x T tokens (R * T <= 8): each weight pair is expanded once and
- * used for T tokens. Every (row, token) element goes through gemv_pair in
- * the same order whatever R and T are. */
-INLINE void gemv_tile(int type, int two, const st_qmm_args_t *a, int r, int R, int t0, int T)
+/* Block b of the 16 rows, transposed (W[k] lane i = values 4k..4k+3 of
+ * row i, as u8), with D and O per row. */
+INLINE void qt_block(int type, const qt_rows_t *g, int b, __m512i *W, __m512 *D, __m512 *O)
 {
     const int bb = st_qblock_bytes(type);
-    const int nfull = a->L.nb / 2;
-    const uint8_t *wr[4], *xr[4];
-    __m256 acc[4][4];
-    __m128 accm[4][4];
+    const size_t bo = (size_t)b * bb, qoff = type == ST_DTYPE_Q4_1 ? 4 : 2;
+    const __m512i m4 = _mm512_set1_epi8(0x0F), bias = _mm512_set1_epi8((char)0x80);
+    __m512i K[4];
 
-    for (int i = 0; i < R; i++)
-        wr[i] = a->w + (size_t)(r + i) * a->w_stride;
-    for (int j = 0; j < T; j++)
-        xr[j] = a->xq + (size_t)(t0 + j) * a->L.stride;
-    for (int i = 0; i < 4; i++)
-        for (int j = 0; j < 4; j++) {
-            acc[i][j] = _mm256_setzero_ps();
-            accm[i][j] = _mm_setzero_ps();
-        }
-    for (int p = 0; p <= nfull; p++) {
-        if (p == nfull && !(a->L.nb & 1))
-            break;
-        for (int i = 0; i < R; i++) {
-            const uint8_t *b0 = wr[i] + (size_t)(2 * p) * bb;
-            const uint8_t *b1 = p < nfull ? b0 + bb : NULL;
-            _mm_prefetch((const char *)(b0 + ST_GEMV_PREFETCH), _MM_HINT_T0);
-            __m256i wl, wh;
-            pair_u8(type, b0, b1, &wl, &wh);
-            __m128 dm = pair_dm(type, b0, b1);
-            for (int j = 0; j < T; j++) {
-                const float *xv = (const float *)(xr[j] + a->L.xv_off) + p * 4;
-                __m256i x[4];
-                load_x(two, xr[j], &a->L, p, x);
-                gemv_pair_w(two, wl, wh, dm, x, _mm_loadu_ps(xv), &acc[i][j], &accm[i][j]);
-            }
+    /* the 16 rows are one contiguous stretch: stream it ahead */
+    for (int l = 0; l < bb * 16; l += 64)
+        _mm_prefetch((const char *)(g->grp + bo * 16 + (size_t)l + ST_GEMV_PREFETCH), _MM_HINT_T0);
+    __m512i h = _mm512_i32gather_epi32(g->vidx, (const void *)(g->grp + bo), 1);
+    *D = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h));
+    *O = _mm512_mul_ps(type == ST_DTYPE_Q4_1
+                           ? _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(h, 16)))
+                           : *D,
+                       _mm512_set1_ps(ofactor(type)));
+    if (type == ST_DTYPE_Q8_0) {
+        tr16x4(g->rp, bo + 2, K);
+        for (int k = 0; k < 4; k++)
+            W[k] = _mm512_xor_si512(K[k], bias);
+        tr16x4(g->rp, bo + 18, K);
+        for (int k = 0; k < 4; k++)
+            W[4 + k] = _mm512_xor_si512(K[k], bias);
+    } else {
+        tr16x4(g->rp, bo + qoff, K);
+        for (int k = 0; k < 4; k++) {
+            W[k] = _mm512_and_si512(K[k], m4);
+            W[4 + k] = _mm512_and_si512(_mm512_srli_epi16(K[k], 4), m4);
         }
     }
+}
+
+/* Transposes rows r..r+R-1 into the buffer for reuse by every token. */
+INLINE void qt_prep(int type, const st_qmm_args_t *a, int r, int R, const qt_buf_t *B)
+{
+    qt_rows_t g;
+    qt_rows_init(a, r, R, &g);
+    for (int b = 0; b < a->L.nb; b++) {
+        __m512i W[8];
+        __m512 D, O;
+        qt_block(type, &g, b, W, &D, &O);
+        for (int k = 0; k < 8; k++)
+            _mm512_store_si512((__m512i *)(B->wt + (size_t)b * 128) + k, W[k]);
+        _mm512_store_ps(B->d + (size_t)b * 16, D);
+        _mm512_store_ps(B->o + (size_t)b * 16, O);
+    }
+}
+
+/* Block sum of 16 rows with one activation plane q (block start in the
+ * paired layout): two chains so vpdpbusd latency overlaps. */
+INLINE __m512i qt_bdot(const __m512i *W, const uint8_t *q)
+{
+    __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+    for (int k = 0; k < 4; k++) {
+        s0 = _mm512_dpbusd_epi32(s0, _mm512_load_si512(&W[k]), _mm512_set1_epi32((int)rd32(q + 4 * k)));
+        s1 = _mm512_dpbusd_epi32(s1, _mm512_load_si512(&W[4 + k]),
+                                 _mm512_set1_epi32((int)rd32(q + 32 + 4 * k)));
+    }
+    return _mm512_add_epi32(s0, s1);
+}
+
+/* 16 rows (R stored) x T tokens from t0. */
+INLINE void qt_tokens(int two, const st_qmm_args_t *a, const qt_buf_t *B, int r, int R, int t0,
+                      int T)
+{
+    const st_q8_layout_t *L = &a->L;
+    const uint8_t *xr[4];
+    __m512 acc[4];
+
     for (int j = 0; j < T; j++) {
-        /* m lanes 1 and 3 hold sum(O * s); 0 and 2 are unused products */
-        __m128 sums = reduce4_256(acc[0][j], acc[1][j], acc[2][j], acc[3][j]);
-        __m128 m01 = _mm_shuffle_ps(accm[0][j], accm[1][j], 0xDD);   /* m0[1] m0[3] m1[1] m1[3] */
-        __m128 m23 = _mm_shuffle_ps(accm[2][j], accm[3][j], 0xDD);
-        __m128 msum = _mm_add_ps(_mm_shuffle_ps(m01, m23, 0x88), _mm_shuffle_ps(m01, m23, 0xDD));
-        __m128 res = _mm_fmadd_ps(_mm_set1_ps(ofactor(type)), msum, sums);
-        _mm_mask_storeu_ps(a->out + (size_t)(t0 + j) * a->ldo + r, (__mmask8)((1u << R) - 1), res);
+        xr[j] = a->xq + (size_t)(t0 + j) * L->stride;
+        acc[j] = _mm512_setzero_ps();
     }
-}
-
-/* The decode hot path, 4 rows x 1 token: as gemv_tile, but the scales of
- * two rows are converted and multiplied in one 256-bit step (the products
- * are the same IEEE operations lane by lane, so results equal gemv_tile's).
- * Q4_1 1536x576 hot: 25-27 GB/s against 24 for gemv_tile (one thread). */
-INLINE void gemv_r4t1(int type, int two, const st_qmm_args_t *a, int r, int t0)
-{
-    const int bb = st_qblock_bytes(type);
-    const int nfull = a->L.nb / 2;
-    const uint8_t *xr = a->xq + (size_t)t0 * a->L.stride;
-    const uint8_t *wr[4];
-    const __m256i lo = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
-    const __m256i hi = _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6);
-    __m256 acc[4], accm[2];
-
-    for (int i = 0; i < 4; i++) {
-        wr[i] = a->w + (size_t)(r + i) * a->w_stride;
-        acc[i] = _mm256_setzero_ps();
-    }
-    accm[0] = accm[1] = _mm256_setzero_ps();
-    for (int p = 0; p <= nfull; p++) {
-        if (p == nfull && !(a->L.nb & 1))
-            break;
-        __m256i x[4];
-        load_x(two, xr, &a->L, p, x);
-        const __m128 xv4 = _mm_loadu_ps((const float *)(xr + a->L.xv_off) + p * 4);
-        const __m256 xv8 = _mm256_set_m128(xv4, xv4);
-        for (int h = 0; h < 2; h++) {
-            const uint8_t *b0[2], *b1[2];
-            __m256i dot[2];
-            for (int e = 0; e < 2; e++) {
-                __m256i wl, wh;
-                b0[e] = wr[2 * h + e] + (size_t)(2 * p) * bb;
-                b1[e] = p < nfull ? b0[e] + bb : NULL;
-                _mm_prefetch((const char *)(b0[e] + ST_GEMV_PREFETCH), _MM_HINT_T0);
-                pair_u8(type, b0[e], b1[e], &wl, &wh);
-                dot[e] = pair_dpbusd(two, wl, wh, x);
-            }
-            __m128i bits = _mm_set_epi64x((long long)pair_dm_bits(type, b0[1], b1[1]),
-                                          (long long)pair_dm_bits(type, b0[0], b1[0]));
-            __m256 sc8 = _mm256_mul_ps(_mm256_cvtph_ps(bits), xv8);
-            accm[h] = _mm256_add_ps(accm[h], sc8);
-            acc[2 * h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[0]),
-                                         _mm256_permutevar8x32_ps(sc8, lo), acc[2 * h]);
-            acc[2 * h + 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[1]),
-                                             _mm256_permutevar8x32_ps(sc8, hi), acc[2 * h + 1]);
+    for (int b = 0; b < L->nb; b++) {
+        const __m512i *W = (const __m512i *)(B->wt + (size_t)b * 128);
+        const size_t xo = (size_t)(b >> 1) * 64 + (size_t)(b & 1) * 16;
+        const int vo = (b >> 1) * 4 + (b & 1) * 2;
+        const __m512 D = _mm512_load_ps(B->d + (size_t)b * 16);
+        const __m512 O = _mm512_load_ps(B->o + (size_t)b * 16);
+        for (int j = 0; j < T; j++) {
+            __m512i is = qt_bdot(W, xr[j] + xo);
+            if (two)   /* 127 * dot(q1) + dot(q2), exact in int32 */
+                is = _mm512_add_epi32(_mm512_sub_epi32(_mm512_slli_epi32(is, 7), is),
+                                      qt_bdot(W, xr[j] + L->q2_off + xo));
+            const float *xv = (const float *)(xr[j] + L->xv_off) + vo;
+            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_mul_ps(D, _mm512_set1_ps(xv[0])),
+                                     acc[j]);
+            acc[j] = _mm512_fmadd_ps(O, _mm512_set1_ps(xv[1]), acc[j]);
         }
     }
-    __m128 sums = reduce4_256(acc[0], acc[1], acc[2], acc[3]);
-    /* accm[h] lanes: row 2h at 0..3, row 2h+1 at 4..7; O*s sit at 1, 3 */
-    __m128 m01 = _mm_shuffle_ps(_mm256_castps256_ps128(accm[0]), _mm256_extractf128_ps(accm[0], 1), 0xDD);
-    __m128 m23 = _mm_shuffle_ps(_mm256_castps256_ps128(accm[1]), _mm256_extractf128_ps(accm[1], 1), 0xDD);
-    __m128 msum = _mm_add_ps(_mm_shuffle_ps(m01, m23, 0x88), _mm_shuffle_ps(m01, m23, 0xDD));
-    __m128 res = _mm_fmadd_ps(_mm_set1_ps(ofactor(type)), msum, sums);
-    _mm_storeu_ps(a->out + (size_t)t0 * a->ldo + r, res);
+    const __mmask16 m = R >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << R) - 1);
+    for (int j = 0; j < T; j++)
+        _mm512_mask_storeu_ps(a->out + (size_t)(t0 + j) * a->ldo + r, m, acc[j]);
 }
 
-INLINE void qgemv_type(int type, int two, const st_qmm_args_t *a, int r0, int r1)
+/* One token (decode): each block is transposed in registers and used at
+ * once, without the round trip through the buffer. Same operations per
+ * element as qt_tokens. */
+INLINE void qt_one(int type, int two, const st_qmm_args_t *a, int r, int R, int t)
 {
-    for (int t0 = 0; t0 < a->n; t0 += 4) {
-        const int T = ST_MIN(4, a->n - t0);
-        int r = r0;
-        switch (T) {
-        case 1:
-            /* Q8_0 measured ~5% slower in gemv_r4t1 (35 vs 37 GB/s hot) */
-            for (; r + 4 <= r1; r += 4) {
-                if (type == ST_DTYPE_Q8_0)
-                    gemv_tile(type, two, a, r, 4, t0, 1);
-                else
-                    gemv_r4t1(type, two, a, r, t0);
-            }
-            for (; r < r1; r++)
-                gemv_tile(type, two, a, r, 1, t0, 1);
-            break;
-        case 2:
-            for (; r + 2 <= r1; r += 2)
-                gemv_tile(type, two, a, r, 2, t0, 2);
-            for (; r < r1; r++)
-                gemv_tile(type, two, a, r, 1, t0, 2);
-            break;
-        case 3:
-            for (; r + 2 <= r1; r += 2)
-                gemv_tile(type, two, a, r, 2, t0, 3);
-            for (; r < r1; r++)
-                gemv_tile(type, two, a, r, 1, t0, 3);
-            break;
-        default:
-            for (; r + 2 <= r1; r += 2)
-                gemv_tile(type, two, a, r, 2, t0, 4);
-            for (; r < r1; r++)
-                gemv_tile(type, two, a, r, 1, t0, 4);
-            break;
+    const st_q8_layout_t *L = &a->L;
+    const uint8_t *xr = a->xq + (size_t)t * L->stride;
+    const float *xv = (const float *)(xr + L->xv_off);
+    __m512 acc = _mm512_setzero_ps();
+    qt_rows_t g;
+
+    qt_rows_init(a, r, R, &g);
+    for (int b = 0; b < L->nb; b++) {
+        const size_t xo = (size_t)(b >> 1) * 64 + (size_t)(b & 1) * 16;
+        const int vo = (b >> 1) * 4 + (b & 1) * 2;
+        __m512i W[8];
+        __m512 D, O;
+        qt_block(type, &g, b, W, &D, &O);
+        __m512i is = qt_bdot(W, xr + xo);
+        if (two)
+            is = _mm512_add_epi32(_mm512_sub_epi32(_mm512_slli_epi32(is, 7), is),
+                                  qt_bdot(W, xr + L->q2_off + xo));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_mul_ps(D, _mm512_set1_ps(xv[vo])), acc);
+        acc = _mm512_fmadd_ps(O, _mm512_set1_ps(xv[vo + 1]), acc);
+    }
+    const __mmask16 m = R >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << R) - 1);
+    _mm512_mask_storeu_ps(a->out + (size_t)t * a->ldo + r, m, acc);
+}
+
+INLINE void qt_type(int type, int two, const st_qmm_args_t *a, int r0, int r1, void *scratch)
+{
+    qt_buf_t B;
+    qt_buf_at(&a->L, scratch, &B);
+    for (int r = r0; r < r1; r += QT_ROWS) {
+        const int R = ST_MIN(QT_ROWS, r1 - r);
+        int t0 = 0;
+        if (a->n == 1) {
+            qt_one(type, two, a, r, R, 0);
+            continue;
+        }
+        qt_prep(type, a, r, R, &B);
+        for (; t0 + 4 <= a->n; t0 += 4)
+            qt_tokens(two, a, &B, r, R, t0, 4);
+        switch (a->n - t0) {
+        case 1: qt_tokens(two, a, &B, r, R, t0, 1); break;
+        case 2: qt_tokens(two, a, &B, r, R, t0, 2); break;
+        case 3: qt_tokens(two, a, &B, r, R, t0, 3); break;
+        default: break;
         }
     }
 }
 
 static void qgemv_avx512(const st_qmm_args_t *a, int r0, int r1, void *scratch)
 {
-    (void)scratch;
     switch (a->type * 2 + a->L.two) {
-    case ST_DTYPE_Q4_1 * 2:     qgemv_type(ST_DTYPE_Q4_1, 0, a, r0, r1); break;
-    case ST_DTYPE_Q4_1 * 2 + 1: qgemv_type(ST_DTYPE_Q4_1, 1, a, r0, r1); break;
-    case ST_DTYPE_Q4_0 * 2:     qgemv_type(ST_DTYPE_Q4_0, 0, a, r0, r1); break;
-    case ST_DTYPE_Q4_0 * 2 + 1: qgemv_type(ST_DTYPE_Q4_0, 1, a, r0, r1); break;
-    case ST_DTYPE_Q8_0 * 2:     qgemv_type(ST_DTYPE_Q8_0, 0, a, r0, r1); break;
-    default:                    qgemv_type(ST_DTYPE_Q8_0, 1, a, r0, r1); break;
-    }
-}
-
-/* ---- qgemm: many tokens, 4x4 tiles over expanded weights ---- */
-
-/* Per-thread scratch for one block of QG_ROWS weight rows. */
-#define QG_ROWS 16
-typedef struct tile_buf {
-    uint8_t *wexp;    /* [QG_ROWS][np][64] u8 in the activation layout */
-    float   *dw16;    /* [QG_ROWS][np][16] D in the dx16 lane pattern */
-    float   *of;      /* [QG_ROWS][nb16] O * ofactor per block, zero padded */
-    int      nb16;
-} tile_buf_t;
-
-static void tile_buf_at(const st_q8_layout_t *L, void *scratch, tile_buf_t *tb)
-{
-    uint8_t *p = scratch;
-    tb->nb16 = (int)ST_ALIGN_UP((size_t)L->nb, (size_t)16);
-    tb->wexp = p;
-    p += (size_t)QG_ROWS * L->np * 64;
-    tb->dw16 = (float *)p;
-    p += (size_t)QG_ROWS * L->np * 64;
-    tb->of = (float *)p;
-}
-
-static size_t qgemm_scratch_avx512(const st_q8_layout_t *L)
-{
-    return (size_t)QG_ROWS * L->np * 128 +
-           (size_t)QG_ROWS * ST_ALIGN_UP((size_t)L->nb, (size_t)16) * 4 + 64;
-}
-
-/* Expands rows r..r+R-1 into slots 0..R-1 of the buffer. */
-INLINE void tile_prep(int type, const st_qmm_args_t *a, int r, int R, const tile_buf_t *tb)
-{
-    const int bb = st_qblock_bytes(type), np = a->L.np, nb = a->L.nb;
-    const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 0, 0, 0, 0, 2, 2, 2, 2);
-    const float of = ofactor(type);
-
-    for (int i = 0; i < R; i++) {
-        const uint8_t *w = a->w + (size_t)(r + i) * a->w_stride;
-        uint8_t *we = tb->wexp + (size_t)i * np * 64;
-        float *dw = tb->dw16 + (size_t)i * np * 16;
-        float *o = tb->of + (size_t)i * tb->nb16;
-        for (int p = 0; p < np; p++) {
-            const uint8_t *b0 = w + (size_t)(2 * p) * bb;
-            const uint8_t *b1 = 2 * p + 1 < nb ? b0 + bb : NULL;
-            __m256i wl, wh;
-            float dm[4];
-            pair_u8(type, b0, b1, &wl, &wh);
-            _mm256_storeu_si256((__m256i *)(we + p * 64), wl);
-            _mm256_storeu_si256((__m256i *)(we + p * 64 + 32), wh);
-            __m128 v = pair_dm(type, b0, b1);
-            _mm512_storeu_ps(dw + p * 16, _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v)));
-            _mm_storeu_ps(dm, v);
-            o[2 * p] = dm[1] * of;
-            o[2 * p + 1] = dm[3] * of;   /* 2 * np <= nb16: nb16 is even and >= nb */
-        }
-        for (int b = 2 * np; b < tb->nb16; b++)
-            o[b] = 0.0f;
-    }
-}
-
-/* R rows x T tokens; every (row, token) element sees the same sequence of
- * operations whatever R and T are. */
-INLINE void tile_kernel(int two, const st_qmm_args_t *a, const tile_buf_t *tb_all, int slot,
-                        int r, int t0, int R, int T)
-{
-    /* rows r.. live in buffer slots slot.. */
-    const int np_ = a->L.np;
-    const tile_buf_t tbv = { tb_all->wexp + (size_t)slot * np_ * 64,
-                             tb_all->dw16 + (size_t)slot * np_ * 16,
-                             tb_all->of + (size_t)slot * tb_all->nb16, tb_all->nb16 };
-    const tile_buf_t *tb = &tbv;
-    const int np = a->L.np, nb = a->L.nb;
-    const uint8_t *xr[4];
-    __m512 acc[4][4];
-
-    for (int j = 0; j < T; j++)
-        xr[j] = a->xq + (size_t)(t0 + j) * a->L.stride;
-    for (int i = 0; i < R; i++)
-        for (int j = 0; j < T; j++)
-            acc[i][j] = _mm512_setzero_ps();
-
-    for (int p = 0; p < np; p++) {
-        __m512i W[4];
-        __m512 DW[4];
-        for (int i = 0; i < R; i++) {
-            W[i] = _mm512_loadu_si512(tb->wexp + ((size_t)i * np + p) * 64);
-            DW[i] = _mm512_loadu_ps(tb->dw16 + ((size_t)i * np + p) * 16);
-        }
-        for (int j = 0; j < T; j++) {
-            __m512i X = _mm512_loadu_si512(xr[j] + (size_t)p * 64);
-            __m512i X2 = two ? _mm512_loadu_si512(xr[j] + a->L.q2_off + (size_t)p * 64)
-                             : _mm512_setzero_si512();
-            __m512 DX = _mm512_loadu_ps((const float *)(xr[j] + a->L.dx16_off) + p * 16);
-            for (int i = 0; i < R; i++) {
-                __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[i], X);
-                if (two) {   /* 127 * dot(q1) + dot(q2), as pair_dpbusd */
-                    d = _mm512_sub_epi32(_mm512_slli_epi32(d, 7), d);
-                    d = _mm512_dpbusd_epi32(d, W[i], X2);
-                }
-                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(DW[i], DX),
-                                            acc[i][j]);
-            }
-        }
-    }
-    for (int b = 0; b < nb; b += 16) {
-        __mmask16 m = nb - b >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (nb - b)) - 1);
-        for (int j = 0; j < T; j++) {
-            __m512 S = _mm512_maskz_loadu_ps(m, (const float *)(xr[j] + a->L.s_off) + b);
-            for (int i = 0; i < R; i++)
-                acc[i][j] = _mm512_fmadd_ps(_mm512_loadu_ps(tb->of + (size_t)i * tb->nb16 + b),
-                                            S, acc[i][j]);
-        }
-    }
-    for (int j = 0; j < T; j++) {
-        __m512 z = _mm512_setzero_ps();
-        __m128 v = reduce4_512(acc[0][j], R > 1 ? acc[1][j] : z, R > 2 ? acc[2][j] : z,
-                               R > 3 ? acc[3][j] : z);
-        _mm_mask_storeu_ps(a->out + (size_t)(t0 + j) * a->ldo + r, (__mmask8)((1u << R) - 1), v);
-    }
-}
-
-#define TILE_CASE(R, T) \
-    case ((R) - 1) * 4 + (T) - 1: tile_kernel(TWO, a, tb, slot, r, t0, R, T); break;
-#define TILE_CASES \
-    TILE_CASE(1, 1) TILE_CASE(1, 2) TILE_CASE(1, 3) TILE_CASE(1, 4) \
-    TILE_CASE(2, 1) TILE_CASE(2, 2) TILE_CASE(2, 3) TILE_CASE(2, 4) \
-    TILE_CASE(3, 1) TILE_CASE(3, 2) TILE_CASE(3, 3) TILE_CASE(3, 4) \
-    TILE_CASE(4, 1) TILE_CASE(4, 2) TILE_CASE(4, 3)
-
-static void tile_dispatch(const st_qmm_args_t *a, const tile_buf_t *tb, int slot, int r, int t0,
-                          int R, int T)
-{
-    if (a->L.two) {
-#define TWO 1
-        switch ((R - 1) * 4 + T - 1) {
-        TILE_CASES
-        default: tile_kernel(TWO, a, tb, slot, r, t0, 4, 4); break;
-        }
-#undef TWO
-    } else {
-#define TWO 0
-        switch ((R - 1) * 4 + T - 1) {
-        TILE_CASES
-        default: tile_kernel(TWO, a, tb, slot, r, t0, 4, 4); break;
-        }
-#undef TWO
-    }
-}
-
-/* Rows go in blocks of QG_ROWS: expand the block's weights once, then for
- * each group of 4 tokens run the 4-row tiles across the block. Walking rows
- * inside a token group writes each token's outputs as whole cache lines;
- * walking all tokens per 4 rows instead would touch n lines per tile that
- * are rows * 4 bytes apart, which for rows a multiple of 1024 all fall in
- * one L1 set (measured 2.5x slower on the 49152-row output head). */
-static void qgemm_avx512(const st_qmm_args_t *a, int r0, int r1, void *scratch)
-{
-    tile_buf_t tb;
-    tile_buf_at(&a->L, scratch, &tb);
-    for (int rb = r0; rb < r1; rb += QG_ROWS) {
-        int nr = ST_MIN(QG_ROWS, r1 - rb);
-        switch (a->type) {
-        case ST_DTYPE_Q4_1: tile_prep(ST_DTYPE_Q4_1, a, rb, nr, &tb); break;
-        case ST_DTYPE_Q4_0: tile_prep(ST_DTYPE_Q4_0, a, rb, nr, &tb); break;
-        default:            tile_prep(ST_DTYPE_Q8_0, a, rb, nr, &tb); break;
-        }
-        for (int t0 = 0; t0 < a->n; t0 += 4)
-            for (int i = 0; i < nr; i += 4)
-                tile_dispatch(a, &tb, i, rb + i, t0, ST_MIN(4, nr - i), ST_MIN(4, a->n - t0));
+    case ST_DTYPE_Q4_1 * 2:     qt_type(ST_DTYPE_Q4_1, 0, a, r0, r1, scratch); break;
+    case ST_DTYPE_Q4_1 * 2 + 1: qt_type(ST_DTYPE_Q4_1, 1, a, r0, r1, scratch); break;
+    case ST_DTYPE_Q4_0 * 2:     qt_type(ST_DTYPE_Q4_0, 0, a, r0, r1, scratch); break;
+    case ST_DTYPE_Q4_0 * 2 + 1: qt_type(ST_DTYPE_Q4_0, 1, a, r0, r1, scratch); break;
+    case ST_DTYPE_Q8_0 * 2:     qt_type(ST_DTYPE_Q8_0, 0, a, r0, r1, scratch); break;
+    default:                    qt_type(ST_DTYPE_Q8_0, 1, a, r0, r1, scratch); break;
     }
 }
 
@@ -686,9 +557,9 @@ static const st_cpu_kernels_t kernels_avx512 = {
     .isa = ST_CPU_ISA_AVX512,
     .quantize_row = quantize_row_avx512,
     .qgemv = qgemv_avx512,
-    .qgemm = qgemm_avx512,
-    .qgemm_scratch = qgemm_scratch_avx512,
-    .tile_min_n = 16,
+    .qgemm = NULL,
+    .qgemm_scratch = qt_scratch,
+    .tile_min_n = 0,
     .dequant_row = dequant_row_avx512,
     .dot_f32 = dot_f32_avx512,
     .sumsq_f32 = sumsq_f32_avx512,
