@@ -143,10 +143,12 @@ int st_bench_decode(int argc, char **argv)
     }
     {
         double pre_med = median(pre, (int)reps), dec_med = median(dec, (int)reps);
+        /* Peak RSS first: the bandwidth probe below allocates a buffer the
+         * size of the weights, which is the benchmark's, not the engine's. */
+        uint64_t rss = peak_rss(), kv = st_stage_kv_bytes(s);
         uint64_t bpt = st_stage_weight_bytes(s);
         double bw = st_cpu_read_bandwidth_gbps(bpt, (int)threads);
         double frac = bw > 0 ? dec_med * (double)bpt / (bw * 1e9) : 0;
-        uint64_t rss = peak_rss(), kv = st_stage_kv_bytes(s);
         uint64_t fsize = stat(model_path, &stt) == 0 ? (uint64_t)stt.st_size : 0;
         if (json) {
             printf("{\"model\":\"%s\",\"threads\":%ld,\"isa\":\"%s\",\"prompt_tokens\":%ld,"
