@@ -45,6 +45,9 @@ static void usage(FILE *f)
         "  --secret-file F       cluster secret (default: $STRATA_CLUSTER_SECRET)\n"
         "  --name NAME           worker name (default: <hostname>-<pid>)\n"
         "  -m, --model PATH      this host's copy of the model (default: the plan's path)\n"
+        "  --fetch-shard         receive this stage's tensors from the coordinator (into\n"
+        "                        memory, only this stage's share) instead of opening a\n"
+        "                        local copy; automatic when the model path does not exist\n"
         "  --key-file F          key of an encrypted model: only this stage's layers are\n"
         "                        decrypted, into memory (see strata encrypt-model)\n"
         "  -t, --threads N       compute threads (default: the plan's)\n"
@@ -70,6 +73,9 @@ int st_cmd_worker(int argc, char **argv)
             return 0;
         } else if (!strcmp(a, "--no-bind")) {
             p.bind = 0;
+            continue;
+        } else if (!strcmp(a, "--fetch-shard")) {
+            p.fetch_shard = 1;
             continue;
         }
         if (!(v = cli_value(argc, argv, &i)))

@@ -284,6 +284,73 @@ static void plan_failed(st_cluster_t *c, st_status_t st, const char *fmt, ...)
         }
 }
 
+/* Answers a SHARD_REQUEST of a worker without the model file: the header
+ * and metadata, or the requested tensor ranges, in chunks of one control
+ * frame read straight from this process's mapping (no copy of the file is
+ * made; pages are read once per chunk). Runs on the control thread: other
+ * workers' messages wait in their sockets meanwhile, which is fine while a
+ * shard takes well under dead_after_ms (on loopback, 60 MB in a fraction of
+ * a second; see docs/CLUSTER.md) and is why streaming is a fallback for
+ * hosts without the file, not how large models should reach many workers. */
+static void serve_shard(st_cluster_t *c, wrec_t *w, const st_ctrl_shard_request_t *rq)
+{
+    const st_gguf_t *g = st_model_gguf(c->model);
+    const uint8_t *base = st_gguf_base(g);
+    uint64_t total = 0, sent = 0, t0 = st_now_ns();
+    st_ctrl_range_t header = {0, st_gguf_data_offset(g)};
+    const st_ctrl_range_t *r = rq->header ? &header : rq->r;
+    uint32_t n = rq->header ? 1 : rq->n;
+    st_ctrl_msg_t *out = malloc(sizeof(*out));
+    st_error_t err;
+    st_status_t st;
+
+    if (!out) {
+        worker_lost(c, w, "out of memory for a shard request");
+        return;
+    }
+    st_error_clear(&err);
+    memset(out, 0, sizeof(*out));
+    if (w->state != W_LOADING)
+        st = st_error_set(&err, ST_ERR_PROTOCOL, "shard request outside loading");
+    else
+        st = st_ctrl_shard_check_request(rq, c->model_size, header.len, &total, &err);
+    for (uint32_t i = 0; i < n && st == ST_OK; i++)
+        for (uint64_t off = r[i].offset; off < r[i].offset + r[i].len && st == ST_OK;) {
+            uint64_t len = ST_MIN(r[i].offset + r[i].len - off, (uint64_t)ST_CTRL_SHARD_CHUNK);
+            out->type = ST_CTRL_SHARD_DATA;
+            out->u.shard_data.offset = off;
+            out->u.shard_data.len = (uint32_t)len;
+            out->u.shard_data.data = base + off;
+            st = wsend(c, w, out);
+            off += len;
+            sent += len;
+        }
+    memset(out, 0, sizeof(*out));
+    if (st == ST_ERR_PROTOCOL) {
+        st_error(MOD, "worker %s: %s; refusing it", w->name, err.msg);
+        snprintf(out->u.shard_end.error, sizeof(out->u.shard_end.error), "%s", err.msg);
+    } else if (st != ST_OK) {
+        free(out);
+        worker_lost(c, w, "control connection failed while streaming its shard");
+        return;
+    }
+    out->type = ST_CTRL_SHARD_END;
+    out->u.shard_end.status = st;
+    out->u.shard_end.total = sent;
+    if (wsend(c, w, out) != ST_OK) {
+        free(out);
+        worker_lost(c, w, "control connection failed while streaming its shard");
+        return;
+    }
+    free(out);
+    if (st == ST_OK) {
+        double s = (double)(st_now_ns() - t0) / 1e9;
+        st_info(MOD, "worker %s: streamed %s%.1f MB of the model in %.3f s (%.1f MB/s)",
+                w->name, rq->header ? "the header, " : "", (double)sent / 1e6, s,
+                s > 0 ? (double)sent / 1e6 / s : 0.0);
+    }
+}
+
 static void on_worker_msg(st_cluster_t *c, wrec_t *w, const st_ctrl_msg_t *m)
 {
     w->last_seen = st_now_ns();
@@ -323,6 +390,11 @@ static void on_worker_msg(st_cluster_t *c, wrec_t *w, const st_ctrl_msg_t *m)
             return;
         }
         set_wstate(w, W_READY);
+        return;
+    case ST_CTRL_SHARD_REQUEST:
+        if (m->epoch != c->epoch)
+            return;                      /* for a superseded plan */
+        serve_shard(c, w, &m->u.shard_request);
         return;
     case ST_CTRL_LEAVE:
         worker_lost(c, w, m->u.leave.text[0] ? m->u.leave.text : "it left");

@@ -15,7 +15,8 @@ const char *st_ctrl_type_name(uint32_t type)
 {
     static const char *const names[ST_CTRL_TYPE_MAX_] = {
         "?", "HELLO", "CHALLENGE", "AUTH", "WELCOME", "REFUSE", "PLAN", "MANIFEST",
-        "LOADED", "CONNECT", "READY", "HEARTBEAT", "DRAIN", "LEAVE",
+        "LOADED", "CONNECT", "READY", "HEARTBEAT", "DRAIN", "LEAVE", "SHARD_REQUEST",
+        "SHARD_DATA", "SHARD_END",
     };
     return type >= 1 && type < ST_CTRL_TYPE_MAX_ ? names[type] : "unknown";
 }
@@ -284,6 +285,38 @@ static st_status_t encode_payload(const st_ctrl_msg_t *m, wr_t *w, st_error_t *e
     }
     case ST_CTRL_DRAIN:
         break;
+    case ST_CTRL_SHARD_REQUEST: {
+        const st_ctrl_shard_request_t *q = &m->u.shard_request;
+        if (q->header > 1 || (q->header ? q->n != 0 : (q->n == 0 ||
+                                                        q->n > ST_CTRL_SHARD_MAX_RANGES))) {
+            bad_field = "n";
+            break;
+        }
+        put_u32(w, q->header);
+        put_u32(w, q->n);
+        for (uint32_t i = 0; i < q->n; i++) {
+            put_u64(w, q->r[i].offset);
+            put_u64(w, q->r[i].len);
+        }
+        break;
+    }
+    case ST_CTRL_SHARD_DATA: {
+        const st_ctrl_shard_data_t *d = &m->u.shard_data;
+        if (d->len == 0 || d->len > ST_CTRL_SHARD_CHUNK || !d->data) {
+            bad_field = "len";
+            break;
+        }
+        put_u64(w, d->offset);
+        put_u32(w, d->len);
+        put(w, d->data, d->len);
+        break;
+    }
+    case ST_CTRL_SHARD_END:
+        if (!str_ok(m->u.shard_end.error, sizeof(m->u.shard_end.error))) bad_field = "error";
+        put_u32(w, (uint32_t)m->u.shard_end.status);
+        put_u64(w, m->u.shard_end.total);
+        put_str(w, m->u.shard_end.error);
+        break;
     default:
         return st_error_set(err, ST_ERR_INVALID, "control: cannot encode message type %u",
                             (unsigned)m->type);
@@ -505,6 +538,46 @@ st_status_t st_ctrl_decode(const uint8_t *frame, size_t len, st_ctrl_msg_t *m, s
     }
     case ST_CTRL_DRAIN:
         break;
+    case ST_CTRL_SHARD_REQUEST: {
+        st_ctrl_shard_request_t *q = &m->u.shard_request;
+        q->header = get_u32(&r, "header");
+        q->n = get_u32(&r, "n");
+        if (r.st == ST_OK) {
+            check_range_u32(&r, "header", q->header, 0, 1);
+            if (q->header)
+                check_range_u32(&r, "n", q->n, 0, 0);
+            else
+                check_range_u32(&r, "n", q->n, 1, ST_CTRL_SHARD_MAX_RANGES);
+        }
+        for (uint32_t i = 0; r.st == ST_OK && i < q->n; i++) {
+            q->r[i].offset = get_u64(&r, "offset");
+            q->r[i].len = get_u64(&r, "len");
+        }
+        break;
+    }
+    case ST_CTRL_SHARD_DATA: {
+        st_ctrl_shard_data_t *d = &m->u.shard_data;
+        d->offset = get_u64(&r, "offset");
+        d->len = get_u32(&r, "len");
+        if (r.st == ST_OK)
+            check_range_u32(&r, "len", d->len, 1, ST_CTRL_SHARD_CHUNK);
+        if (r.st == ST_OK && d->offset > UINT64_MAX - d->len)
+            bad(&r, "offset", 0, "overflows with len");
+        if (need(&r, d->len, "data")) {
+            d->data = r.p + r.off;
+            r.off += d->len;
+        }
+        break;
+    }
+    case ST_CTRL_SHARD_END: {
+        st_ctrl_shard_end_t *e = &m->u.shard_end;
+        e->status = (int32_t)get_u32(&r, "status");
+        e->total = get_u64(&r, "total");
+        get_str(&r, e->error, sizeof(e->error), 0, "error");
+        if (r.st == ST_OK && (e->status > ST_INPROGRESS || e->status < ST_ERR_INTERNAL))
+            bad(&r, "status", (uint32_t)e->status, "is not a status");
+        break;
+    }
     default:
         return st_error_set(err, ST_ERR_PROTOCOL, "control: unknown message type %u", type);
     }

@@ -142,6 +142,9 @@ st_status_t st_ctrl_conn_recv(st_ctrl_conn_t *c, int timeout_ms, st_ctrl_msg_t *
             if (st != ST_OK)
                 return st;
             if (c->have >= want) {
+                /* fill() never reads past the frame, so nothing follows it
+                 * and the frame stays where it is until the next receive:
+                 * a SHARD_DATA's `data` points into rx (st_ctrl.h). */
                 st = st_ctrl_decode(c->rx, want, m, err);
                 memmove(c->rx, c->rx + want, c->have - want);
                 c->have -= want;

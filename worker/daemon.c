@@ -314,7 +314,22 @@ static st_status_t open_model(wk_t *w, st_error_t *err)
     const st_llama_hparams_t *hp;
     st_status_t st;
 
-    if (!w->model || strcmp(path, w->model_path) != 0 || w->p->key_file) {
+    if (w->p->fetch_shard || access(path, F_OK) != 0) {
+        /* No copy here: this plan's shard comes from the coordinator, for
+         * every plan (another layer range needs other bytes). */
+        if (w->p->key_file)
+            return st_error_set(err, ST_ERR_UNSUPPORTED, "%s: no such file, and streaming "
+                                "an encrypted model from the coordinator is not supported",
+                                path);
+        st_model_close(w->model);
+        w->model = NULL;
+        w->streamed = 1;
+        snprintf(w->model_path, sizeof(w->model_path), "%.900s (streamed)", w->plan.model_path);
+        st = wk_shard_open(w, err);
+        if (st != ST_OK)
+            return st;
+    } else if (!w->model || w->streamed || strcmp(path, w->model_path) != 0 || w->p->key_file) {
+        w->streamed = 0;
         st_model_close(w->model);
         w->model = NULL;
         snprintf(w->model_path, sizeof(w->model_path), "%s", path);
@@ -496,6 +511,13 @@ static st_status_t load(wk_t *w, st_ctrl_loaded_t *res, st_error_t *err)
     res->weight_bytes = st_stage_weight_bytes(w->stage);
     res->kv_bytes = st_stage_kv_bytes(w->stage);
     res->load_ns = st_now_ns() - t0;
+    if (w->streamed)
+        st_info(MOD, "%s: loaded in %.2f s: shard of %.1f MB streamed from the coordinator in "
+                "%.2f s (%.1f MB/s)", w->name, (double)res->load_ns / 1e9,
+                (double)w->shard_bytes / 1e6, (double)w->shard_ns / 1e9,
+                w->shard_ns ? (double)w->shard_bytes / 1e6 / ((double)w->shard_ns / 1e9) : 0.0);
+    else
+        st_info(MOD, "%s: loaded in %.2f s", w->name, (double)res->load_ns / 1e9);
     st_info(MOD, "%s: stage %u/%u, layers [%u, %u) of %s, %s, data plane %s", w->name,
             pl->stage, pl->n_stages, pl->first_layer, pl->last_layer, w->model_path,
             st_stage_describe(w->stage), w->data_addr);

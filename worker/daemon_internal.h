@@ -44,6 +44,8 @@ typedef struct wk {
 
     st_model_t     *model;
     char            model_path[ST_CTRL_PATH_MAX];
+    int             streamed;        /* model came from the coordinator (daemon_shard.c) */
+    uint64_t        shard_bytes, shard_ns;
     st_stage_t     *stage;
     uint32_t        n_embd, n_vocab;
 
@@ -62,6 +64,11 @@ typedef struct wk {
 
     _Atomic uint64_t batches, busy_ns;
 } wk_t;
+
+/* Streams the model's header and this plan's tensors from the coordinator
+ * into sparse anonymous memory and opens w->model from it (daemon_shard.c).
+ * Sets shard_bytes and shard_ns. */
+st_status_t wk_shard_open(wk_t *w, st_error_t *err);
 
 /* Handles one transport event: a micro-batch (computed and forwarded), a
  * connection that became ready, or one that failed. */

@@ -29,6 +29,8 @@
  *   worker -> AUTH (HMAC-SHA256(secret, "strata-worker" | cnonce | wnonce | name))
  *   coord  -> WELCOME (worker id) or REFUSE (reason) and close
  *   coord  -> PLAN (stage, layer range, sizes, model path) + MANIFEST batches
+ *   worker -> SHARD_REQUEST (only a worker without the file: the header, then
+ *             its tensors' byte ranges), coord -> SHARD_DATA... SHARD_END
  *   worker -> LOADED (its data-plane address, memory, load time) or an error
  *   coord  -> CONNECT (address of the next stage, or of the coordinator)
  *   worker -> READY
@@ -88,7 +90,10 @@ typedef enum st_ctrl_type {
     ST_CTRL_HEARTBEAT = 11,
     ST_CTRL_DRAIN     = 12,
     ST_CTRL_LEAVE     = 13,
-    ST_CTRL_TYPE_MAX_ = 14
+    ST_CTRL_SHARD_REQUEST = 14,
+    ST_CTRL_SHARD_DATA    = 15,
+    ST_CTRL_SHARD_END     = 16,
+    ST_CTRL_TYPE_MAX_ = 17
 } st_ctrl_type_t;
 
 typedef struct st_ctrl_hello {
@@ -174,6 +179,41 @@ typedef struct st_ctrl_heartbeat {
     uint64_t batches, busy_ns;         /* micro-batches computed, time in them */
 } st_ctrl_heartbeat_t;
 
+/* Shard streaming (docs/CLUSTER.md, "Workers without the file"): a worker
+ * whose plan names a file it does not have asks for the GGUF header and
+ * metadata (header = 1: bytes [0, data offset) of the coordinator's file)
+ * or for byte ranges (header = 0) of the coordinator's file; the
+ * coordinator answers with SHARD_DATA chunks, in order, from its mapping,
+ * then one SHARD_END. A chunk fits one control frame, so the frame limit
+ * (64 KiB, checked before any payload is read) also bounds the stream's
+ * buffers on both sides. */
+#define ST_CTRL_SHARD_CHUNK      (60u * 1024u)   /* data bytes per SHARD_DATA */
+#define ST_CTRL_SHARD_MAX_RANGES 1024            /* ranges per SHARD_REQUEST */
+
+typedef struct st_ctrl_range {
+    uint64_t offset, len;
+} st_ctrl_range_t;
+
+typedef struct st_ctrl_shard_request {
+    uint32_t        header;            /* 1: the header + metadata; n must be 0 */
+    uint32_t        n;                 /* ranges (1..ST_CTRL_SHARD_MAX_RANGES) */
+    st_ctrl_range_t r[ST_CTRL_SHARD_MAX_RANGES];   /* ascending, not overlapping */
+} st_ctrl_shard_request_t;
+
+typedef struct st_ctrl_shard_data {
+    uint64_t       offset;             /* file offset of data[0] */
+    uint32_t       len;                /* 1..ST_CTRL_SHARD_CHUNK */
+    const uint8_t *data;               /* encode: the sender's bytes; decode: points
+                                          into the received frame, valid until the
+                                          next receive on that connection */
+} st_ctrl_shard_data_t;
+
+typedef struct st_ctrl_shard_end {
+    int32_t  status;                   /* ST_OK or why the coordinator refused */
+    uint64_t total;                    /* data bytes sent for this request */
+    char     error[ST_CTRL_TEXT_MAX];
+} st_ctrl_shard_end_t;
+
 typedef struct st_ctrl_msg {
     st_ctrl_type_t type;
     uint32_t       epoch;              /* plan generation this message belongs to */
@@ -189,6 +229,9 @@ typedef struct st_ctrl_msg {
         st_ctrl_connect_t   connect;
         st_ctrl_ready_t     ready;
         st_ctrl_heartbeat_t heartbeat;
+        st_ctrl_shard_request_t shard_request;
+        st_ctrl_shard_data_t    shard_data;
+        st_ctrl_shard_end_t     shard_end;
     } u;                               /* DRAIN has no payload */
 } st_ctrl_msg_t;
 
@@ -208,6 +251,40 @@ st_status_t st_ctrl_decode_header(const uint8_t *hdr, size_t len, uint32_t *type
 /* Decodes a whole frame, validating every field. ST_ERR_PROTOCOL (or
  * ST_ERR_FORMAT for a bad string) with one line naming the field. */
 st_status_t st_ctrl_decode(const uint8_t *frame, size_t len, st_ctrl_msg_t *m, st_error_t *err);
+
+/* Checks a decoded SHARD_REQUEST against the file it asks about: every
+ * range non-empty, inside [data_offset, file_size) (tensor data only; the
+ * header is asked for with header = 1), ascending and not overlapping.
+ * ST_ERR_PROTOCOL with the range named. Writes the bytes asked for. */
+st_status_t st_ctrl_shard_check_request(const st_ctrl_shard_request_t *rq, uint64_t file_size,
+                                        uint64_t data_offset, uint64_t *total,
+                                        st_error_t *err);
+
+/* The receiving side of one shard request: the ranges asked for and a
+ * cursor. Chunks must arrive in order, exactly covering the ranges. */
+typedef struct st_ctrl_shard_rx {
+    const st_ctrl_range_t *r;          /* the request's ranges (caller's memory) */
+    uint32_t n;
+    uint32_t i;                        /* current range */
+    uint64_t pos;                      /* next expected offset within range i */
+    uint64_t file_size;
+    uint64_t received;
+    int      header;                   /* the header request: SHARD_END may come before
+                                          the range [0, file_size) is complete */
+} st_ctrl_shard_rx_t;
+
+void st_ctrl_shard_rx_init(st_ctrl_shard_rx_t *rx, const st_ctrl_range_t *r, uint32_t n,
+                           uint64_t file_size);
+/* Accepts one SHARD_DATA: its offset must be the next expected byte, its
+ * bytes inside the file and inside the current range. ST_ERR_PROTOCOL
+ * otherwise (nothing is written by this function: the caller stores the
+ * chunk only after ST_OK). */
+st_status_t st_ctrl_shard_rx_data(st_ctrl_shard_rx_t *rx, const st_ctrl_shard_data_t *d,
+                                  st_error_t *err);
+/* Accepts the SHARD_END: its status, and a total equal to what was asked
+ * and received. */
+st_status_t st_ctrl_shard_rx_end(st_ctrl_shard_rx_t *rx, const st_ctrl_shard_end_t *e,
+                                 st_error_t *err);
 
 /* ---- a framed connection over a stream socket ----------------------- */
 

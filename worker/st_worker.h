@@ -12,7 +12,9 @@
  * join_timeout_ms), proves it knows the cluster secret and checks that the
  * coordinator does too (HMAC-SHA256 challenge-response, st_ctrl.h), waits
  * for a plan (its stage and layer range), opens the model at the plan's path
- * or at model_path, verifies each tensor it will use against the
+ * or at model_path (or, with fetch_shard or when that path does not exist,
+ * receives the header and its own tensors from the coordinator into memory
+ * over the control connection: SHARD_REQUEST/DATA/END), verifies each tensor it will use against the
  * coordinator's SHA-256 manifest (a stale or corrupt copy is refused with
  * the tensor named), touches only its own layers' pages, creates the stage
  * executor (st_stage.h) and a transport listener, reports LOADED with its
@@ -55,6 +57,8 @@ typedef struct st_worker_params {
     volatile sig_atomic_t *stop;      /* optional: leave when it becomes non-zero */
     const char *key_file;             /* encrypted model (st_crypt.h): decrypt only this
                                          stage's layers (+ embedding / head) with it */
+    int         fetch_shard;          /* 1: always receive the shard from the coordinator
+                                         (also done when the model path does not exist) */
 } st_worker_params_t;
 
 st_worker_params_t st_worker_default_params(void);
