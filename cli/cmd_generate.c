@@ -176,7 +176,8 @@ int st_cmd_generate(int argc, char **argv)
     if (!ctx_set && req.max_tokens + 16 > ep.n_ctx)
         ep.n_ctx = req.max_tokens + 2048;
     ep.model_path = model;
-    ep.prefetch_progress = isatty(STDERR_FILENO);
+    /* Progress only for a person watching: nothing when output is piped. */
+    ep.prefetch_progress = isatty(STDOUT_FILENO) && isatty(STDERR_FILENO);
 
     memset(&g, 0, sizeof(g));
     pthread_mutex_init(&g.lock, NULL);
