@@ -36,7 +36,10 @@
 #include "st_status.h"
 #include "st_tensor.h"
 
-#define ST_BACKEND_ABI_VERSION 1u
+/* Bumped whenever the ops table changes layout; backends are built in, so
+ * a mismatch means a stale object file. Ops marked optional may be NULL and
+ * callers then use the required ops instead. */
+#define ST_BACKEND_ABI_VERSION 2u
 
 typedef struct st_backend_params {
     uint32_t size;        /* sizeof(st_backend_params_t): lets the struct grow */
@@ -104,6 +107,13 @@ typedef struct st_backend_ops {
     void (*swiglu)(void *ctx, const float *gate, const float *up, size_t n, float *out);
     /* x[j] += y[j] */
     void (*add)(void *ctx, float *x, const float *y, size_t n);
+
+    /* Optional (NULL: call matmul once per weight). out[i] = W[i] x for
+     * n_w weights that read the same x (Q/K/V, gate/up): a backend can
+     * quantize x once and run all of them in one dispatch. Results must be
+     * identical to n_w matmul calls. */
+    void (*matmul_multi)(void *ctx, int n_w, const st_tensor_t *const *w, const float *x, int n,
+                         float *const *out);
 } st_backend_ops_t;
 
 /* A backend instance: its table and its context. The caller owns the struct. */

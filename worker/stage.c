@@ -323,6 +323,21 @@ static st_status_t check_batch(const st_stage_t *s, const st_stage_batch_t *b, s
     return ST_OK;
 }
 
+/* Matmuls that read the same input (Q/K/V, gate/up) go to the backend in
+ * one call when it has the optional matmul_multi: the CPU backend then
+ * quantizes the input once and wakes its threads once instead of n_w times. */
+static void matmul_shared(st_stage_t *s, int n_w, const st_tensor_t *const *w, const float *x,
+                          int n, float *const *out)
+{
+    const st_backend_ops_t *o = s->be.ops;
+    if (o->matmul_multi) {
+        o->matmul_multi(s->be.ctx, n_w, w, x, n, out);
+        return;
+    }
+    for (int i = 0; i < n_w; i++)
+        o->matmul(s->be.ctx, w[i], x, n, out[i]);
+}
+
 static void run_layer(st_stage_t *s, uint32_t l, const st_stage_batch_t *b)
 {
     const st_backend_ops_t *o = s->be.ops;
@@ -334,9 +349,8 @@ static void run_layer(st_stage_t *s, uint32_t l, const st_stage_batch_t *b)
     st_attn_args_t a;
 
     o->rmsnorm(c, s->x, L->attn_norm, hp->rms_eps, n, (int)hp->n_embd, s->xb);
-    o->matmul(c, L->wq, s->xb, n, s->q);
-    o->matmul(c, L->wk, s->xb, n, s->k);
-    o->matmul(c, L->wv, s->xb, n, s->v);
+    matmul_shared(s, 3, (const st_tensor_t *const[]){ L->wq, L->wk, L->wv }, s->xb, n,
+                  (float *const[]){ s->q, s->k, s->v });
     o->rope(c, s->q, n, (int)hp->n_head, (int)hp->head_dim, (int)hp->rope_dim, b->pos,
             hp->rope_theta, hp->rope_freq_scale);
     o->rope(c, s->k, n, (int)hp->n_head_kv, (int)hp->head_dim, (int)hp->rope_dim, b->pos,
@@ -363,8 +377,8 @@ static void run_layer(st_stage_t *s, uint32_t l, const st_stage_batch_t *b)
     o->add(c, s->x, s->xb2, (size_t)n * hp->n_embd);
 
     o->rmsnorm(c, s->x, L->ffn_norm, hp->rms_eps, n, (int)hp->n_embd, s->xb);
-    o->matmul(c, L->w_gate, s->xb, n, s->hb);
-    o->matmul(c, L->w_up, s->xb, n, s->hb2);
+    matmul_shared(s, 2, (const st_tensor_t *const[]){ L->w_gate, L->w_up }, s->xb, n,
+                  (float *const[]){ s->hb, s->hb2 });
     o->swiglu(c, s->hb, s->hb2, (size_t)n * hp->n_ff, s->hb);
     o->matmul(c, L->w_down, s->hb, n, s->xb2);
     o->add(c, s->x, s->xb2, (size_t)n * hp->n_embd);

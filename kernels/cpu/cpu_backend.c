@@ -291,6 +291,13 @@ static void cpu_matmul(void *ctx, const st_tensor_t *w, const float *x, int n, f
     st_cpu_mm_run(&c->mm, w, x, n, out);
 }
 
+static void cpu_matmul_multi(void *ctx, int n_w, const st_tensor_t *const *w, const float *x,
+                             int n, float *const *out)
+{
+    cpu_ctx_t *c = ctx;
+    st_cpu_mm_run_multi(&c->mm, n_w, w, x, n, out);
+}
+
 /* ---- rope ---- */
 
 typedef struct rope_job {
@@ -595,6 +602,7 @@ static const st_backend_ops_t cpu_ops = {
     .attention = cpu_attention,
     .swiglu = cpu_swiglu,
     .add = cpu_add,
+    .matmul_multi = cpu_matmul_multi,
 };
 
 const st_backend_ops_t *st_backend_cpu_ops(void)

@@ -210,5 +210,10 @@ st_status_t st_cpu_mm_init(st_cpu_mm_t *mm, const st_cpu_kernels_t *k, struct st
                            st_error_t *err);
 void st_cpu_mm_fini(st_cpu_mm_t *mm);
 void st_cpu_mm_run(st_cpu_mm_t *mm, const st_tensor_t *w, const float *x, int n, float *out);
+/* out[i] = w[i] x for n_w weights reading the same x: one quantization of
+ * x and one pool dispatch when all are integer types of equal width (and
+ * n_w <= 4); otherwise one st_cpu_mm_run per weight. Same results either way. */
+void st_cpu_mm_run_multi(st_cpu_mm_t *mm, int n_w, const st_tensor_t *const *w, const float *x,
+                         int n, float *const *out);
 
 #endif /* ST_CPU_IMPL_H */

@@ -24,20 +24,32 @@
 
 enum { MM_QGEMV, MM_QGEMM, MM_FLOAT };
 
+#define MM_MAX_MULTI 4   /* weights one dispatch may share an input between */
+
+/* One weight of a job: its rows are chunks [c0, c0 + n_chunks) of the
+ * job's common chunk counter. */
+typedef struct mm_part {
+    const st_tensor_t *w;
+    float             *out;
+    int                rows;
+    int                chunk;
+    int                c0;
+    int                n_chunks;
+} mm_part_t;
+
 typedef struct mm_job {
     st_cpu_mm_t       *mm;
     int                kind;
-    st_qmm_args_t      qa;         /* integer kinds */
+    st_qmm_args_t      qa;         /* integer kinds; w, out, ldo set per part */
     const float       *x;          /* activations of this slice */
     int                with_dx16;
     int                repack;     /* also write xq2 (n_pad tokens) */
-    /* float kind */
-    const st_tensor_t *w;
+    int                tok_grain;  /* tokens per claim of the quantize phase */
     int                cols;
-    int                rows;
-    int                chunk;
-    int                n_chunks;
-    _Atomic int        next_tok;   /* activation rows handed out */
+    int                n_parts;
+    int                n_chunks;   /* over all parts */
+    mm_part_t          part[MM_MAX_MULTI];
+    _Atomic int        next_tok;   /* activation groups handed out */
     _Atomic int        done_tok;   /* activation rows quantized */
     _Atomic int        next_chunk;
 } mm_job_t;
@@ -141,38 +153,45 @@ static int mm_ensure_cols(st_cpu_mm_t *mm, int cols)
     return 1;
 }
 
+/* Quantizes (and repacks) the activations, shared by every thread that
+ * joined. Tokens are claimed tok_grain at a time: the repacked layout puts
+ * 16 consecutive tokens side by side in each 64-byte line, so claiming one
+ * token at a time made two threads write the same lines (false sharing
+ * cost more than the repack itself with 2 threads). */
 static void mm_quantize(mm_job_t *j)
 {
     const st_cpu_kernels_t *k = j->mm->k;
-    const int n = j->qa.n, total = j->repack ? j->qa.n_pad : n;
-    int t;
-    while ((t = atomic_fetch_add_explicit(&j->next_tok, 1, memory_order_relaxed)) < total) {
-        uint8_t *row = t < n ? j->mm->xq + (size_t)t * j->qa.L.stride : NULL;
-        if (row)
-            k->quantize_row(j->x + (size_t)t * j->cols, &j->qa.L, row, j->with_dx16);
-        if (j->repack)
-            k->repack(row, &j->qa.L, t, j->qa.n_pad, t < n, j->mm->xq2);
-        atomic_fetch_add_explicit(&j->done_tok, 1, memory_order_release);
+    const int n = j->qa.n, total = j->repack ? j->qa.n_pad : n, grain = j->tok_grain;
+    int g;
+    while ((g = atomic_fetch_add_explicit(&j->next_tok, 1, memory_order_relaxed)) * grain < total) {
+        int t0 = g * grain, t1 = ST_MIN(t0 + grain, total);
+        for (int t = t0; t < t1; t++) {
+            uint8_t *row = t < n ? j->mm->xq + (size_t)t * j->qa.L.stride : NULL;
+            if (row)
+                k->quantize_row(j->x + (size_t)t * j->cols, &j->qa.L, row, j->with_dx16);
+            if (j->repack)
+                k->repack(row, &j->qa.L, t, j->qa.n_pad, t < n, j->mm->xq2);
+        }
+        atomic_fetch_add_explicit(&j->done_tok, t1 - t0, memory_order_release);
     }
     /* Every row must be quantized before any thread reads the activations. */
     while (atomic_load_explicit(&j->done_tok, memory_order_acquire) < total)
         st_cpu_relax();
 }
 
-static void mm_float_chunk(mm_job_t *j, int r0, int r1, float *scratch)
+static void mm_float_chunk(const mm_job_t *j, const mm_part_t *P, int r0, int r1, float *scratch)
 {
     const st_cpu_kernels_t *k = j->mm->k;
-    const uint8_t *wbase = j->w->data;
+    const uint8_t *wbase = P->w->data;
     for (int r = r0; r < r1; r++) {
-        const uint8_t *src = wbase + (size_t)r * j->w->row_bytes;
+        const uint8_t *src = wbase + (size_t)r * P->w->row_bytes;
         const float *wr = (const float *)src;
-        if (j->w->type != ST_DTYPE_F32) {
-            k->dequant_row(j->w->type, src, scratch, j->cols);
+        if (P->w->type != ST_DTYPE_F32) {
+            k->dequant_row(P->w->type, src, scratch, j->cols);
             wr = scratch;
         }
         for (int t = 0; t < j->qa.n; t++)
-            j->qa.out[(size_t)t * j->qa.ldo + r] = k->dot_f32(wr, j->x + (size_t)t * j->cols,
-                                                               j->cols);
+            P->out[(size_t)t * P->rows + r] = k->dot_f32(wr, j->x + (size_t)t * j->cols, j->cols);
     }
 }
 
@@ -180,62 +199,127 @@ static void mm_worker(void *arg, int ith, int nth)
 {
     mm_job_t *j = arg;
     void *scratch = j->mm->tscratch[ith];
-    int c;
+    int c, p = 0;
     (void)nth;
 
     if (j->kind != MM_FLOAT)
         mm_quantize(j);
     while ((c = atomic_fetch_add_explicit(&j->next_chunk, 1, memory_order_relaxed)) < j->n_chunks) {
-        int r0 = c * j->chunk, r1 = ST_MIN(r0 + j->chunk, j->rows);
+        while (c >= j->part[p].c0 + j->part[p].n_chunks)   /* chunks only grow */
+            p++;
+        const mm_part_t *P = &j->part[p];
+        int r0 = (c - P->c0) * P->chunk, r1 = ST_MIN(r0 + P->chunk, P->rows);
+        st_qmm_args_t qa;
         switch (j->kind) {
-        case MM_QGEMV: j->mm->k->qgemv(&j->qa, r0, r1, scratch); break;
-        case MM_QGEMM: j->mm->k->qgemm(&j->qa, r0, r1, scratch); break;
-        default:       mm_float_chunk(j, r0, r1, scratch); break;
+        case MM_QGEMV:
+        case MM_QGEMM:
+            qa = j->qa;
+            qa.type = P->w->type;
+            qa.w = P->w->data;
+            qa.w_stride = P->w->row_bytes;
+            qa.out = P->out;
+            qa.ldo = P->rows;
+            if (j->kind == MM_QGEMV)
+                j->mm->k->qgemv(&qa, r0, r1, scratch);
+            else
+                j->mm->k->qgemm(&qa, r0, r1, scratch);
+            break;
+        default:
+            mm_float_chunk(j, P, r0, r1, scratch);
+            break;
         }
     }
 }
 
-static void mm_slice(st_cpu_mm_t *mm, const st_tensor_t *w, const float *x, int n, float *out,
-                     int ldo)
+/* One dispatch for n_w weights that read the same input rows x (t0 is the
+ * slice's first token, for the outputs). The caller checked that the
+ * weights share cols and either all are integer types or n_w == 1. */
+static void mm_slice(st_cpu_mm_t *mm, int n_w, const st_tensor_t *const *w, const float *x,
+                     int n, float *const *out, int t0)
 {
-    const int cols = (int)w->ne[0], rows = (int)w->ne[1];
+    const int cols = (int)w[0]->ne[0];
     const st_cpu_kernels_t *k = mm->k;
     mm_job_t j;
-    int nth = mm->n_threads, target;
+    int nth = mm->n_threads;
+    uint64_t blocks = 0;
 
     memset(&j, 0, sizeof j);
     j.mm = mm;
     j.x = x;
-    j.w = w;
     j.cols = cols;
-    j.rows = rows;
     j.qa.n = n;
-    j.qa.out = out;
-    j.qa.ldo = ldo;
-    if (is_int_type(w->type)) {
+    j.tok_grain = 1;
+    if (is_int_type(w[0]->type)) {
         j.kind = k->qgemm && n >= k->tile_min_n ? MM_QGEMM : MM_QGEMV;
         j.with_dx16 = j.kind == MM_QGEMM;
         if (j.kind == MM_QGEMM && k->repack && n >= k->repack_min_n) {
             j.repack = 1;
+            j.tok_grain = k->repack_align;
             j.qa.n_pad = (int)ST_ALIGN_UP((size_t)n, (size_t)k->repack_align);
             j.qa.xq2 = mm->xq2;
         }
-        j.qa.type = w->type;
-        j.qa.w = w->data;
-        j.qa.w_stride = w->row_bytes;
         j.qa.xq = mm->xq;
         st_q8_layout(cols, mm->act_two, &j.qa.L);
     } else {
         j.kind = MM_FLOAT;
     }
-    if ((uint64_t)rows * (uint64_t)(cols / ST_QK + 1) * (uint64_t)n < MM_SERIAL_BLOCKS)
+    for (int i = 0; i < n_w; i++)
+        blocks += (uint64_t)w[i]->ne[1] * (uint64_t)(cols / ST_QK + 1) * (uint64_t)n;
+    if (blocks < MM_SERIAL_BLOCKS)
         nth = 1;
-    /* ~8 chunks per thread balance load (other processes share the cores)
-     * without making the atomic counter hot. */
-    target = (rows + nth * 8 - 1) / (nth * 8);
-    j.chunk = (int)ST_ALIGN_UP((size_t)ST_MAX(target, 16), (size_t)16);
-    j.n_chunks = (rows + j.chunk - 1) / j.chunk;
+    j.n_parts = n_w;
+    for (int i = 0; i < n_w; i++) {
+        mm_part_t *P = &j.part[i];
+        const int rows = (int)w[i]->ne[1];
+        /* ~8 chunks per thread and weight balance load (other processes
+         * share the cores) without making the atomic counter hot. */
+        int target = (rows + nth * 8 - 1) / (nth * 8);
+        P->w = w[i];
+        P->rows = rows;
+        P->out = out[i] + (size_t)t0 * rows;
+        P->chunk = (int)ST_ALIGN_UP((size_t)ST_MAX(target, 16), (size_t)16);
+        P->n_chunks = (rows + P->chunk - 1) / P->chunk;
+        P->c0 = j.n_chunks;
+        j.n_chunks += P->n_chunks;
+    }
     st_pool_run(mm->pool, mm_worker, &j, nth);
+}
+
+static void mm_fail(int n_w, const st_tensor_t *const *w, int n, float *const *out)
+{
+    for (int i = 0; i < n_w; i++)
+        for (size_t e = 0; e < (size_t)n * (size_t)w[i]->ne[1]; e++)
+            out[i][e] = NAN;   /* a visible failure rather than stale values */
+}
+
+void st_cpu_mm_run_multi(st_cpu_mm_t *mm, int n_w, const st_tensor_t *const *w, const float *x,
+                         int n, float *const *out)
+{
+    const int cols = n_w > 0 ? (int)w[0]->ne[0] : 0;
+    int fuse = n_w <= MM_MAX_MULTI;
+
+    if (n <= 0 || n_w <= 0)
+        return;
+    for (int i = 0; i < n_w; i++) {
+        ST_ASSERT(w[i]->row_bytes == st_dtype_row_bytes(w[i]->type, w[i]->ne[0]));
+        /* Integer weights share one quantization of x; float ones do not
+         * quantize, so they (and mismatched widths) go one at a time. */
+        if ((int)w[i]->ne[0] != cols || !is_int_type(w[i]->type) || w[i]->ne[1] == 0)
+            fuse = 0;
+    }
+    if (!fuse) {
+        for (int i = 0; i < n_w; i++)
+            st_cpu_mm_run(mm, w[i], x, n, out[i]);
+        return;
+    }
+    if (!mm_ensure_cols(mm, cols)) {
+        mm_fail(n_w, w, n, out);
+        return;
+    }
+    for (int t0 = 0; t0 < n; t0 += (int)mm->max_batch) {
+        int nt = ST_MIN(n - t0, (int)mm->max_batch);
+        mm_slice(mm, n_w, w, x + (size_t)t0 * cols, nt, out, t0);
+    }
 }
 
 void st_cpu_mm_run(st_cpu_mm_t *mm, const st_tensor_t *w, const float *x, int n, float *out)
@@ -246,13 +330,12 @@ void st_cpu_mm_run(st_cpu_mm_t *mm, const st_tensor_t *w, const float *x, int n,
     if (n <= 0 || rows <= 0)
         return;
     if (!mm_ensure_cols(mm, cols)) {
-        for (size_t i = 0; i < (size_t)n * (size_t)rows; i++)
-            out[i] = NAN;   /* a visible failure rather than stale values */
+        mm_fail(1, &w, n, &out);
         return;
     }
     /* Batches beyond max_batch go through in slices that fit the scratch. */
     for (int t0 = 0; t0 < n; t0 += (int)mm->max_batch) {
         int nt = ST_MIN(n - t0, (int)mm->max_batch);
-        mm_slice(mm, w, x + (size_t)t0 * cols, nt, out + (size_t)t0 * rows, rows);
+        mm_slice(mm, 1, &w, x + (size_t)t0 * cols, nt, &out, t0);
     }
 }
