@@ -35,28 +35,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         char *e;
         json_t *o;
         if (st != ST_ERR_FORMAT && st != ST_ERR_TYPE && st != ST_ERR_RANGE && st != ST_ERR_NOMEM)
-            abort();
+            __builtin_trap();
         if (!err.msg[0] || strlen(param) >= 64)
-            abort();
+            __builtin_trap();
         e = st_http_json_error(err.msg, "invalid_request_error", param, NULL);
         if (!e)
-            abort();
+            __builtin_trap();
         o = json_loads(e, 0, NULL);
         if (!o)
-            abort();            /* an error answer that is not JSON */
+            __builtin_trap();            /* an error answer that is not JSON */
         json_decref(o);
         free(e);
     } else {
         /* A parsed request is complete and in range. */
         if (g.req.max_tokens < 1 || g.n < 1 || g.n > lim.max_n)
-            abort();
+            __builtin_trap();
         if (!g.req.prompt && (!g.req.messages || g.req.n_messages == 0))
-            abort();
+            __builtin_trap();
         if (g.req.sampling.temperature < 0 || !(g.req.sampling.top_p > 0 && g.req.sampling.top_p <= 1))
-            abort();
+            __builtin_trap();
         for (size_t i = 0; i < g.req.n_messages; i++)
             if (!g.req.messages[i].role || !g.req.messages[i].content)
-                abort();
+                __builtin_trap();
     }
     st_http_gen_free(&g);
     return 0;
