@@ -43,12 +43,6 @@ INLINE __m128 reduce4_512(__m512 a0, __m512 a1, __m512 a2, __m512 a3)
         _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), f));
 }
 
-INLINE __m128 reduce4_256(__m256 a0, __m256 a1, __m256 a2, __m256 a3)
-{
-    __m256 d = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-    return _mm_add_ps(_mm256_castps256_ps128(d), _mm256_extractf128_ps(d, 1));
-}
-
 /* ---- activation quantization ---- */
 
 static void quantize_row_avx512(const float *x, const st_q8_layout_t *L, uint8_t *row,
