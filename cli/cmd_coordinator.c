@@ -80,6 +80,10 @@ static void usage(FILE *f)
         "  --no-bind               workers do not apply their placement\n"
         "  --join-timeout S        wait this long for the workers (default 60)\n"
         "  --heartbeat-ms N --dead-after-ms N --recover-wait-ms N\n"
+        "  --no-replan-on-join     a worker joining a running cluster waits as a standby\n"
+        "                          (default: re-plan over all workers at a safe point)\n"
+        "  --replan-wait-ms N      that re-plan waits this long for running sequences,\n"
+        "                          which then fail (default 30000)\n"
         "one-shot generation (prints the completion, then drains and exits):\n"
         "  -p, --prompt TEXT  -n, --max-tokens N  --temp T  --top-k K  --top-p P\n"
         "  --min-p P  --repeat-penalty R  --seed S  --ignore-eos  --chat\n"
@@ -411,6 +415,8 @@ int st_cmd_coordinator(int argc, char **argv)
         if (!strcmp(o, "--verify")) { cp.verify = 1; continue; }
         if (!strcmp(o, "--no-bind")) { cp.bind = 0; continue; }
         if (!strcmp(o, "--bind")) { cp.bind = 1; continue; }
+        if (!strcmp(o, "--no-replan-on-join")) { cp.replan_on_join = 0; continue; }
+        if (!strcmp(o, "--replan-on-join")) { cp.replan_on_join = 1; continue; }
         if (!strcmp(o, "--ignore-eos")) { req.ignore_eos = 1; continue; }
         if (!strcmp(o, "--chat")) { chat = 1; continue; }
         if (!strcmp(o, "--stats")) { stats = 1; continue; }
@@ -466,6 +472,9 @@ int st_cmd_coordinator(int argc, char **argv)
         } else if (!strcmp(o, "--recover-wait-ms")) {
             if (cli_parse_long(o, v, 0, 3600000, &l)) goto out;
             cp.recover_wait_ms = (uint32_t)l;
+        } else if (!strcmp(o, "--replan-wait-ms")) {
+            if (cli_parse_long(o, v, 0, 3600000, &l)) goto out;
+            cp.replan_wait_ms = (uint32_t)l;
         } else if (!strcmp(o, "-n") || !strcmp(o, "--max-tokens")) {
             if (cli_parse_long(o, v, 1, 1 << 20, &l)) goto out;
             req.max_tokens = (uint32_t)l;

@@ -50,6 +50,8 @@ st_cluster_params_t st_cluster_default_params(void)
     p.recover_wait_ms = 3000;
     p.spin_ns = 50000;
     p.respawn = 1;
+    p.replan_on_join = 1;
+    p.replan_wait_ms = 30000;
     return p;
 }
 
@@ -513,6 +515,8 @@ static void start_plan(st_cluster_t *c)
     cl_tunlock(c);
     pthread_mutex_lock(&c->lock);
     c->epoch++;
+    c->draining = 0;
+    pthread_cond_broadcast(&c->cond);
     pthread_mutex_unlock(&c->lock);
     st_error_clear(&err);
     st = n ? cl_compute_split(c, cand, n, &err)
@@ -602,6 +606,49 @@ static void advance_plan(st_cluster_t *c)
 }
 
 /* ---- the control thread -------------------------------------------------- */
+
+/* A worker joined a running cluster: hold new sequences, wait for a safe
+ * point (nothing in flight, no pending setup, quiet for CL_QUIET_MS), then
+ * re-plan over everyone. Past replan_wait_ms the running sequences are cut
+ * off: the re-plan goes ahead and their next step fails with the reason. */
+static void replan_on_join(st_cluster_t *c)
+{
+    uint64_t now = st_now_ns();
+    uint32_t busy = 0;
+    int go = 0;
+
+    pthread_mutex_lock(&c->lock);
+    if (!c->draining) {
+        c->draining = 1;
+        c->drain_deadline = now + (uint64_t)c->p.replan_wait_ms * 1000000ull;
+        st_info(MOD, "a worker joined: holding new sequences until the running ones finish, "
+                "then re-planning over %u worker(s)", count_workers(c, W_IDLE));
+    }
+    for (int i = 0; i < ST_CTRL_MAX_STAGES; i++)
+        busy += c->recs[i].state == R_INFLIGHT;
+    for (uint32_t s = 0; s < c->p.n_slots; s++)
+        busy += c->slots[s].pending != 0;
+    if (!busy && now - c->last_activity >= CL_QUIET_MS * 1000000ull) {
+        snprintf(c->replan_why, sizeof(c->replan_why), "re-planned because a worker joined");
+        go = 1;
+    } else if (now >= c->drain_deadline) {
+        snprintf(c->replan_why, sizeof(c->replan_why), "re-planned because a worker joined; "
+                 "the sequence did not finish within %u ms", c->p.replan_wait_ms);
+        st_warn(MOD, "re-plan after a join: sequences still running after %u ms fail",
+                c->p.replan_wait_ms);
+        cl_data_fail_inflight_locked(c, ST_ERR_TIMEOUT, c->replan_why);
+        go = 1;
+    }
+    if (go) {
+        /* Under the same lock as the check: a submit now waits for the plan. */
+        c->state = C_PLANNING;
+        pthread_cond_broadcast(&c->cond);
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (go)
+        start_plan(c);
+}
+
 
 static void check_timeouts(st_cluster_t *c)
 {
@@ -702,6 +749,10 @@ static void *control_main(void *arg)
                     pthread_mutex_unlock(&c->lock);
                 }
             }
+            break;
+        case C_RUNNING:
+            if (c->p.replan_on_join && c->joined_since_fail)
+                replan_on_join(c);
             break;
         case C_FAILED:
             /* After a successful start, a new or returning worker gets a

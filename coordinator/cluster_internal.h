@@ -25,6 +25,10 @@
 #define CL_MAX_WORKERS 64
 #define CL_MAX_INBOUND 8
 #define CL_MAX_CHILDREN 64
+/* The pipeline counts as quiet (no sequence decoding) after this long
+ * without a submit or a result: the engine submits a sequence's next token
+ * within microseconds of its result, so 200 ms of silence means none runs. */
+#define CL_QUIET_MS 200
 
 typedef enum wstate {
     W_FREE = 0,
@@ -119,6 +123,10 @@ struct st_cluster {
     char             fail_msg[ST_ERROR_MAX];
     int              ever_ran;
     int              joined_since_fail; /* control thread only */
+    int              draining;         /* (lock) a join re-plan waits for a safe point */
+    uint64_t         drain_deadline;   /* control thread only */
+    uint64_t         last_activity;    /* (lock) last submit or result */
+    char             replan_why[160];  /* (lock) why the last plan replaced a running one */
     uint64_t         plan_deadline, recover_deadline;
     uint32_t         target_workers;
     wrec_t           workers[CL_MAX_WORKERS];

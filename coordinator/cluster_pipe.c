@@ -205,6 +205,7 @@ static void on_result(st_cluster_t *c, const void *data, size_t len)
             account(c, v.hdr, now);
         r->state = R_DONE;
         r->done_seq = ++c->done_seq;
+        c->last_activity = now;
         pthread_cond_broadcast(&c->cond);
         break;
     }
@@ -257,13 +258,14 @@ void cl_data_event(st_cluster_t *c, st_transport_event_t *ev)
 
 /* ---- pipeline ops ------------------------------------------------------ */
 
-/* Waits (lock held) while a plan is being (re)built; ST_OK when running. */
-static st_status_t wait_usable_locked(st_cluster_t *c, st_error_t *err)
+/* Waits (lock held) while a plan is being (re)built, and with hold_new (a
+ * new sequence) while a join re-plan drains; ST_OK when running. */
+static st_status_t wait_usable_locked(st_cluster_t *c, int hold_new, st_error_t *err)
 {
-    uint64_t deadline = st_now_ns() +
-        ((uint64_t)c->p.recover_wait_ms + c->p.load_timeout_ms) * 1000000ull;
-    while ((c->state == C_RECOVERING || c->state == C_PLANNING || c->state == C_WAITING) &&
-           st_now_ns() < deadline) {
+    uint64_t deadline = st_now_ns() + ((uint64_t)c->p.recover_wait_ms + c->p.load_timeout_ms +
+                                       c->p.replan_wait_ms) * 1000000ull;
+    while ((c->state == C_RECOVERING || c->state == C_PLANNING || c->state == C_WAITING ||
+            (hold_new && c->draining)) && st_now_ns() < deadline) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_nsec += 20 * 1000000L;
@@ -298,7 +300,7 @@ static st_status_t cl_slot_setup(void *ctx, uint32_t slot, const st_sampler_para
         n = n_prompt;
     n = ST_MIN(n, c->p.n_ctx);
     pthread_mutex_lock(&c->lock);
-    st = wait_usable_locked(c, err);
+    st = wait_usable_locked(c, 1, err);
     if (st == ST_OK) {
         s = &c->slots[slot];
         s->pending = 1;
@@ -327,9 +329,10 @@ static st_status_t cl_submit(void *ctx, const st_microbatch_t *mb, st_error_t *e
         return st_error_set(err, ST_ERR_RANGE, "cluster: micro-batch of %u tokens (max %u)",
                             mb->n, c->p.max_batch);
     pthread_mutex_lock(&c->lock);
-    st = wait_usable_locked(c, err);
+    st = wait_usable_locked(c, 0, err);
     if (st != ST_OK)
         goto unlock;
+    c->last_activity = st_now_ns();
     for (uint32_t i = 0; i < mb->n; i++) {
         uint32_t s = (uint32_t)mb->slot[i];
         if (mb->slot[i] < 0 || s >= c->p.n_slots) {
@@ -339,8 +342,9 @@ static st_status_t cl_submit(void *ctx, const st_microbatch_t *mb, st_error_t *e
         }
         if (c->slots[s].epoch != c->epoch) {
             st = st_error_set(err, ST_ERR_PEER, "the sequence in slot %u lost its KV cache "
-                              "when the cluster was re-planned after a failure (%s)", s,
-                              c->fail_msg[0] ? c->fail_msg : "worker lost");
+                              "when the cluster was re-planned (%s)", s,
+                              c->fail_msg[0] ? c->fail_msg
+                              : c->replan_why[0] ? c->replan_why : "worker lost");
             goto unlock;
         }
         n_want += mb->want[i] != 0;

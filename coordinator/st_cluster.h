@@ -37,6 +37,14 @@
  * alive (and any that (re)joined; local workers are respawned) and serves
  * new requests once that plan is loaded. If the remaining workers cannot
  * hold the model, every request fails with the planner's explanation.
+ *
+ * Joins: with replan_on_join, a worker that joins (or rejoins) a running
+ * cluster triggers a re-plan over every worker at a safe point. New
+ * sequences are held (slot_setup waits), the running ones continue until the
+ * pipeline is quiet (nothing in flight, no submit for CL_QUIET_MS), then the
+ * cluster re-plans, loads and resumes. Sequences still running after
+ * replan_wait_ms fail with an error naming the re-plan (their KV caches live
+ * on the workers and do not survive it); none ever gets a wrong token.
  */
 #ifndef ST_CLUSTER_H
 #define ST_CLUSTER_H
@@ -74,6 +82,10 @@ typedef struct st_cluster_params {
     uint32_t    dead_after_ms;     /* silence after which a worker is dead */
     uint32_t    recover_wait_ms;   /* after a death, wait this long for rejoins */
     uint64_t    spin_ns;           /* transport busy-poll after activity */
+    int         replan_on_join;    /* a worker joining a running cluster triggers a
+                                      re-plan at a safe point (default 1) */
+    uint32_t    replan_wait_ms;    /* that re-plan waits this long for running
+                                      sequences to finish; then they fail (default 30000) */
     /* Local mode (st_cluster_local_create): */
     const char *strata_bin;        /* NULL: /proc/self/exe */
     int         respawn;           /* restart local workers that die (default 1) */
