@@ -5,6 +5,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -56,3 +57,34 @@ def run(args, **kw):
     kw.setdefault("text", True)
     kw.setdefault("timeout", 300)
     return subprocess.run(args, **kw)
+
+
+class StderrWatch:
+    """Collects a process's stderr on a thread so a test can wait for a line."""
+
+    def __init__(self, proc):
+        import threading
+        self.proc, self.buf, self.lock = proc, [], threading.Lock()
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        for line in self.proc.stderr:
+            with self.lock:
+                self.buf.append(line)
+
+    def text(self):
+        with self.lock:
+            return "".join(self.buf)
+
+    def wait_for(self, needle, timeout):
+        deadline = time.time() + timeout
+        while needle not in self.text():
+            assert time.time() < deadline and self.proc.poll() is None, self.text()[-3000:]
+            time.sleep(0.05)
+
+    def finish(self, timeout):
+        out = self.proc.stdout.read()
+        self.proc.wait(timeout=timeout)
+        self.t.join(timeout=10)
+        return out, self.text()

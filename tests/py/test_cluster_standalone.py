@@ -11,38 +11,8 @@ import time
 
 import pytest
 
-from conftest import ROOT, run
+from conftest import ROOT, StderrWatch, run
 
-
-class StderrWatch:
-    """Collects a process's stderr on a thread so a test can wait for a line."""
-
-    def __init__(self, proc):
-        import threading
-        self.proc, self.buf, self.lock = proc, [], threading.Lock()
-        self.t = threading.Thread(target=self._run, daemon=True)
-        self.t.start()
-
-    def _run(self):
-        for line in self.proc.stderr:
-            with self.lock:
-                self.buf.append(line)
-
-    def text(self):
-        with self.lock:
-            return "".join(self.buf)
-
-    def wait_for(self, needle, timeout):
-        deadline = time.time() + timeout
-        while needle not in self.text():
-            assert time.time() < deadline and self.proc.poll() is None, self.text()[-3000:]
-            time.sleep(0.05)
-
-    def finish(self, timeout):
-        out = self.proc.stdout.read()
-        self.proc.wait(timeout=timeout)
-        self.t.join(timeout=10)
-        return out, self.text()
 
 PROMPT = "The capital of France is"
 N = 16
