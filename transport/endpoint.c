@@ -218,15 +218,29 @@ void st_tp_ep_fail(st_transport_ep_t *ep, st_status_t status, const char *why)
     st_transport_t *t = ep->t;
     st_transport_event_t ev;
 
+    if (ep->state == EP_CLOSING && ep->bye_wait) {
+        /* Gone while we waited for its BYE ack: nothing left to wait for. */
+        ep->bye_wait = 0;
+        ep->error = status;
+        ep->want_close = 1;
+        t->pending_work = 1;
+        return;
+    }
     if (ep->state == EP_FAILED || ep->state == EP_CLOSING || ep->state == EP_FREE)
         return;
-    st_warn(ST_TRANSPORT_MOD, "%s: endpoint %s failed: %s (%s)", t->name, ep->peer, why,
-            st_status_str(status));
+    if (ep->peer_bye && status == ST_ERR_PEER) {
+        /* The disconnect that follows an orderly BYE is no failure. */
+        status = ST_ERR_CLOSED;
+        st_info(ST_TRANSPORT_MOD, "%s: endpoint %s closed by the peer", t->name, ep->peer);
+    } else {
+        st_warn(ST_TRANSPORT_MOD, "%s: endpoint %s failed: %s (%s)", t->name, ep->peer, why,
+                st_status_str(status));
+        t->stats.eps_failed++;
+    }
     ep->state = EP_FAILED;
     ep->error = status;
     ep->want_close = 1;
     t->pending_work = 1;
-    t->stats.eps_failed++;
     if (!ep->user_owned) {
         /* Accepted but never reported: nobody holds it, close it ourselves. */
         ep->state = EP_CLOSING;
@@ -316,9 +330,9 @@ uint32_t st_tp_credit_batch(const st_transport_t *t)
     return t->cfg.ep_credits >= 4 ? t->cfg.ep_credits / 4 : 1;
 }
 
-/* Sends a CREDIT frame for the messages released since the last one. Called
- * from st_tp_do_pending, never from inside a UCX callback. */
-void st_tp_return_credits(st_transport_ep_t *ep)
+/* Sends a payload-less frame of our own (CREDIT, BYE). ST_ERR_BUSY: no free
+ * request, retry at the next progress. Never called inside a UCX callback. */
+static st_status_t send_internal(st_transport_ep_t *ep, uint8_t type, uint32_t seq)
 {
     st_transport_t *t = ep->t;
     ucp_request_param_t p;
@@ -326,16 +340,12 @@ void st_tp_return_credits(st_transport_ep_t *ep)
     st_wire_hdr_t hdr;
     void *sr;
 
-    if (ep->state != EP_READY || !ep->uep || ep->rx_done == 0)
-        return;
     r = st_tp_req_get(t);
-    if (!r) {
-        t->pending_work = 1;    /* retry at the next progress */
-        return;
-    }
+    if (!r)
+        return ST_ERR_BUSY;
     memset(&hdr, 0, sizeof(hdr));
-    hdr.type = ST_WIRE_CREDIT;
-    hdr.seq = ep->rx_done;
+    hdr.type = type;
+    hdr.seq = seq;
     st_wire_encode(&hdr, r->hdr);
     r->ep = ep;
     r->detached = 1;
@@ -348,9 +358,50 @@ void st_tp_return_credits(st_transport_ep_t *ep)
     sr = ucp_am_send_nbx(ep->uep, ST_TRANSPORT_AM_ID, r->hdr, ST_WIRE_HDR_SIZE, NULL, 0, &p);
     if (sr == NULL || UCS_PTR_IS_ERR(sr))
         st_tp_req_put(t, r);
-    if (!UCS_PTR_IS_ERR(sr)) {
+    return UCS_PTR_IS_ERR(sr) ? map_ucs(UCS_PTR_STATUS(sr)) : ST_OK;
+}
+
+/* Sends a CREDIT frame for the messages released since the last one. */
+void st_tp_return_credits(st_transport_ep_t *ep)
+{
+    st_status_t st;
+
+    if (ep->state != EP_READY || !ep->uep || ep->rx_done == 0)
+        return;
+    st = send_internal(ep, ST_WIRE_CREDIT, ep->rx_done);
+    if (st == ST_ERR_BUSY) {
+        ep->t->pending_work = 1;    /* retry at the next progress */
+    } else if (st == ST_OK) {
         ep->rx_inflight -= ep->rx_done;
         ep->rx_done = 0;
+    }
+}
+
+/* A BYE frame arrived (the handler checked seq is 0 or 1). */
+void st_tp_ep_on_bye(st_transport_ep_t *ep, uint32_t seq)
+{
+    if (seq == 0) {
+        ep->peer_bye = 1;
+        ep->bye_ack_due = 1;
+    } else if (ep->bye_wait) {
+        ep->bye_wait = 0;
+        ep->want_close = 1;
+    }
+    ep->t->pending_work = 1;
+}
+
+/* Starts closing a healthy endpoint in order: BYE now, the UCP close once the
+ * peer acknowledged it (so every frame sent before has reached its handler)
+ * or after linger_ns. Anything else closes at once. */
+static void ep_begin_close(st_transport_ep_t *ep, uint64_t linger_ns)
+{
+    if (!ep->uep)
+        return;
+    if (ep->state == EP_READY && !ep->peer_bye && send_internal(ep, ST_WIRE_BYE, 0) == ST_OK) {
+        ep->bye_wait = 1;
+        ep->bye_deadline = st_now_ns() + linger_ns;
+    } else {
+        ep->want_close = 1;
     }
 }
 
@@ -517,6 +568,22 @@ void st_tp_do_pending(st_transport_t *t)
         st_transport_ep_t *ep = &t->eps[i];
         if (ep->state == EP_FREE)
             continue;
+        if (ep->bye_ack_due && ep->uep) {
+            if (send_internal(ep, ST_WIRE_BYE, 1) == ST_ERR_BUSY)
+                more = 1;
+            else
+                ep->bye_ack_due = 0;
+        }
+        if (ep->bye_wait) {
+            if (st_now_ns() < ep->bye_deadline) {
+                more = 1;
+                continue;
+            }
+            st_debug(ST_TRANSPORT_MOD, "%s: %s did not acknowledge BYE in time", t->name,
+                     ep->peer);
+            ep->bye_wait = 0;
+            ep->want_close = 1;
+        }
         if (ep->want_close)
             ep_start_close(ep);
         if (ep->rx_done >= st_tp_credit_batch(t))
@@ -542,8 +609,7 @@ void st_transport_ep_close(st_transport_t *t, st_transport_ep_t *ep)
     if (!ep || ep->state == EP_FREE || ep->state == EP_CLOSING)
         return;
     st_tp_drop_events(t, ep);
-    if (ep->uep)
-        ep->want_close = 1;
+    ep_begin_close(ep, ST_TRANSPORT_SEC);
     ep->state = EP_CLOSING;
     ep->user_owned = 0;
     st_tp_do_pending(t);
@@ -556,9 +622,9 @@ void st_tp_eps_close_all(st_transport_t *t)
         if (ep->state == EP_FREE || ep->state == EP_CLOSING)
             continue;
         if (ep->uep) {
-            /* Force: a flush could wait on a peer that no longer
-             * progresses. Callers wait for their sends before destroying. */
-            ep->want_close = 1;
+            /* BYE first (bounded by half of destroy's budget), then force:
+             * a flush could wait on a peer that no longer progresses. */
+            ep_begin_close(ep, ST_TRANSPORT_SEC / 2);
             ep->error = ST_ERR_CLOSED;
         }
         ep->state = EP_CLOSING;

@@ -293,7 +293,7 @@ st_status_t st_transport_send(st_transport_ep_t *ep, const st_transport_tag_t *t
     if (!ep || !tag)
         return ST_ERR_INVALID;
     t = ep->t;
-    if (ST_UNLIKELY(ep->state != EP_READY))
+    if (ST_UNLIKELY(ep->state != EP_READY || ep->peer_bye))
         return ep->state == EP_HANDSHAKE ? ST_ERR_BUSY :
                ep->state == EP_FAILED ? ep->error : ST_ERR_CLOSED;
     if (ST_UNLIKELY(tag->type != ST_TRANSPORT_ACTIVATION && tag->type != ST_TRANSPORT_CONTROL))
@@ -487,8 +487,15 @@ ucs_status_t st_tp_am_handler(void *arg, const void *header, size_t header_lengt
         st_debug(ST_TRANSPORT_MOD, "%s: frame from an unknown endpoint dropped", t->name);
         return UCS_OK;
     }
-    if (ep->state != EP_READY && ep->state != EP_HANDSHAKE)
-        return UCS_OK;    /* already failed: drop whatever was in flight */
+    if (ep->state != EP_READY && ep->state != EP_HANDSHAKE) {
+        /* Failed or closed: drop whatever was in flight, except the BYE
+         * exchange that lets a closing endpoint finish in order. */
+        if (ep->state == EP_CLOSING && ep->uep && !rndv &&
+            st_wire_decode(header, header_length, t->cfg.max_msg_size, &err, &h) == ST_OK &&
+            h.type == ST_WIRE_BYE)
+            st_tp_ep_on_bye(ep, h.seq);
+        return UCS_OK;
+    }
     if (st_wire_decode(header, header_length, t->cfg.max_msg_size, &err, &h) != ST_OK)
         return reject(t, ep, err.msg);
     if (h.payload_len != length) {
@@ -507,6 +514,14 @@ ucs_status_t st_tp_am_handler(void *arg, const void *header, size_t header_lengt
     }
     if (ep->state != EP_READY)
         return reject(t, ep, "data frame before hello");
+    if (h.type == ST_WIRE_BYE) {
+        if (rndv || h.seq != 0)
+            return reject(t, ep, "bye acknowledged that was never sent");
+        st_tp_ep_on_bye(ep, 0);
+        return UCS_OK;
+    }
+    if (ST_UNLIKELY(ep->peer_bye))
+        return reject(t, ep, "data frame after bye");
     if (h.type == ST_WIRE_CREDIT) {
         if ((uint64_t)ep->tx_credits + h.seq > ep->peer_credits)
             return reject(t, ep, "credit frame returns more than was sent");

@@ -38,6 +38,10 @@ struct st_transport_ep {
     int             accepted;     /* created by our listener */
     int             user_owned;   /* the user holds the handle (connect or EP_READY seen) */
     int             want_close;   /* close the UCP endpoint at the next safe point */
+    int             bye_wait;     /* our BYE is out; close when acked or at bye_deadline */
+    int             bye_ack_due;  /* the peer said BYE: acknowledge at the next safe point */
+    int             peer_bye;     /* the peer closed in order: its disconnect is no failure */
+    uint64_t        bye_deadline;
     void           *user;
     uint64_t        peer_max;     /* negotiated send limit */
     uint32_t        tx_credits;   /* messages we may still send to the peer */
@@ -147,6 +151,7 @@ void st_tp_eps_close_all(st_transport_t *t);
 void st_tp_eps_abandon(st_transport_t *t);
 st_status_t st_tp_send_hello(st_transport_ep_t *ep);
 void st_tp_return_credits(st_transport_ep_t *ep);
+void st_tp_ep_on_bye(st_transport_ep_t *ep, uint32_t seq);
 uint32_t st_tp_credit_batch(const st_transport_t *t);
 
 /* msg.c */

@@ -56,6 +56,9 @@ st_status_t st_wire_decode(const void *buf, size_t len, uint64_t max_payload,
     if (h.type == ST_WIRE_CREDIT && (h.payload_len != 0 || h.seq == 0))
         return st_error_set(err, ST_ERR_PROTOCOL, "credit frame with payload %llu, credits %u",
                             (unsigned long long)h.payload_len, h.seq);
+    if (h.type == ST_WIRE_BYE && (h.payload_len != 0 || h.seq > 1))
+        return st_error_set(err, ST_ERR_PROTOCOL, "bye frame with payload %llu, seq %u",
+                            (unsigned long long)h.payload_len, h.seq);
     if (h.type == ST_WIRE_HELLO && h.payload_len != ST_WIRE_HELLO_SIZE)
         return st_error_set(err, ST_ERR_PROTOCOL, "hello payload length %llu, expected %u",
                             (unsigned long long)h.payload_len, ST_WIRE_HELLO_SIZE);
@@ -98,6 +101,7 @@ const char *st_wire_type_name(uint32_t type)
     case ST_WIRE_ACTIVATION: return "activation";
     case ST_WIRE_CONTROL:    return "control";
     case ST_WIRE_CREDIT:     return "credit";
+    case ST_WIRE_BYE:        return "bye";
     }
     return "unknown";
 }

@@ -141,6 +141,30 @@ ST_TEST(credit_frames)
     ST_CHECK(st_wire_decode(buf, sizeof(buf), 1 << 20, NULL, &d) == ST_ERR_PROTOCOL);
 }
 
+/* BYE is 0 (closing) or 1 (ack) and carries nothing. */
+ST_TEST(bye_frames)
+{
+    st_wire_hdr_t h, d;
+    uint8_t buf[ST_WIRE_HDR_SIZE];
+    st_error_t err;
+
+    memset(&h, 0, sizeof(h));
+    h.type = ST_WIRE_BYE;
+    for (uint32_t seq = 0; seq <= 1; seq++) {
+        h.seq = seq;
+        st_wire_encode(&h, buf);
+        ST_CHECK(st_wire_decode(buf, sizeof(buf), 1 << 20, NULL, &d) == ST_OK && d.seq == seq);
+    }
+    h.seq = 2;
+    st_wire_encode(&h, buf);
+    ST_CHECK(st_wire_decode(buf, sizeof(buf), 1 << 20, &err, &d) == ST_ERR_PROTOCOL);
+    ST_CHECK(strstr(err.msg, "bye frame") != NULL);
+    h.seq = 0;
+    h.payload_len = 8;
+    st_wire_encode(&h, buf);
+    ST_CHECK(st_wire_decode(buf, sizeof(buf), 1 << 20, NULL, &d) == ST_ERR_PROTOCOL);
+}
+
 ST_TEST(random_bytes)
 {
     uint64_t x = 0x9e3779b97f4a7c15ull;
@@ -157,7 +181,7 @@ ST_TEST(random_bytes)
             memcpy(buf, "STRT\x01", 5);
         if (st_wire_decode(buf, sizeof(buf), 1 << 20, NULL, &d) == ST_OK) {
             ok++;
-            ST_CHECK(d.type >= 1 && d.type <= 4 && d.payload_len <= (1 << 20));
+            ST_CHECK(d.type >= 1 && d.type <= ST_WIRE_TYPE_MAX_ && d.payload_len <= (1 << 20));
         }
     }
     ST_CHECK(ok < 100000);

@@ -3,7 +3,7 @@
  *
  *   transport_peer serve   ADDR [opts]          echo server; prints "LISTEN host:port"
  *   transport_peer client  ADDR MODE [opts]     MODE: integrity | inflight | ooo |
- *                                               stream | idle | quit (stops the server)
+ *                                               stream | idle | last | quit (stops the server)
  *   transport_peer malformed ADDR KIND [opts]   KIND: magic | type | length |
  *                                               truncated | short
  *   opts: --tls STR  --progress busy|hybrid|event  --max BYTES
@@ -355,6 +355,21 @@ static int mode_idle(cli_t *c)
     }
 }
 
+/* Sends one message and closes at once, without waiting for the echo: the
+ * message must still arrive (the close waits for the peer's BYE ack). */
+static int mode_last(cli_t *c)
+{
+    st_transport_tag_t tag = {ST_TRANSPORT_CONTROL, 0, 0, 0, 42};
+    st_status_t st = cli_send(c, &tag, 0, 64);
+
+    if (st != ST_OK) {
+        say("FAIL last: %s", st_status_str(st));
+        return 1;
+    }
+    say("OK last");
+    return 0;
+}
+
 static void cli_close(cli_t *c, int quit)
 {
     if (quit && c->ep && st_transport_ep_status(c->ep) == ST_OK) {
@@ -448,6 +463,7 @@ int main(int argc, char **argv)
         else if (!strcmp(pos[2], "ooo"))      rc = mode_many(&c, &o, 1);
         else if (!strcmp(pos[2], "stream"))   rc = mode_stream(&c);
         else if (!strcmp(pos[2], "idle"))     rc = mode_idle(&c);
+        else if (!strcmp(pos[2], "last"))     rc = mode_last(&c);
         else if (!strcmp(pos[2], "quit"))     rc = 0;
         else { say("FAIL unknown mode %s", pos[2]); rc = 2; }
         cli_close(&c, !strcmp(pos[2], "quit"));
