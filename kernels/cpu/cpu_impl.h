@@ -67,7 +67,12 @@
  * prefetcher alone left decode at ~55 tokens/s on the 2-core dev VM under
  * load; 4 KiB gave ~90, 8 KiB ~100 (strata bench decode, 1 thread).
  * Prefetches never fault, so running past the mapping's end is harmless. */
+#ifndef ST_GEMV_PREFETCH   /* -D overrides for experiments */
 #define ST_GEMV_PREFETCH 8192
+#endif
+#ifndef ST_GEMV_PF_HINT
+#define ST_GEMV_PF_HINT _MM_HINT_T0
+#endif
 
 /* Busy-wait hint for the short spins of the pool and the matmul driver. */
 static inline void st_cpu_relax(void)

@@ -15,9 +15,9 @@
  * the same whatever n and wherever it sits in the batch (batch
  * invariance; the previous streaming gemv and 4x4 register tiles summed
  * partial lanes in kernel-specific orders and differed in the last bits).
- * n = 1 transposes each block in registers and uses it at once; larger n
- * transposes a 16-row group once into per-thread scratch and walks the
- * tokens 4 at a time.
+ * n = 1 dots the rows as loaded (four partial sums per row) and folds the
+ * partials with one shared transpose-add; larger n transposes a 16-row
+ * group once into per-thread scratch and walks the tokens 4 at a time.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -202,7 +202,7 @@ INLINE void qt_block(int type, const qt_rows_t *g, int b, __m512i *W, __m512 *D,
 
     /* the 16 rows are one contiguous stretch: stream it ahead */
     for (int l = 0; l < bb * 16; l += 64)
-        _mm_prefetch((const char *)(g->grp + bo * 16 + (size_t)l + ST_GEMV_PREFETCH), _MM_HINT_T0);
+        _mm_prefetch((const char *)(g->grp + bo * 16 + (size_t)l + ST_GEMV_PREFETCH), ST_GEMV_PF_HINT);
     __m512i h = _mm512_i32gather_epi32(g->vidx, (const void *)(g->grp + bo), 1);
     *D = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h));
     *O = _mm512_mul_ps(type == ST_DTYPE_Q4_1
@@ -288,28 +288,98 @@ INLINE void qt_tokens(int two, const st_qmm_args_t *a, const qt_buf_t *B, int r,
         _mm512_mask_storeu_ps(a->out + (size_t)(t0 + j) * a->ldo + r, m, acc[j]);
 }
 
-/* One token (decode): each block is transposed in registers and used at
- * once, without the round trip through the buffer. Same operations per
- * element as qt_tokens. */
+/* One token (decode). Transposing each block costs more shuffles than the
+ * dot products themselves (port 5 was the limit: ~24 GB/s on data in
+ * cache), so n = 1 works on the rows as loaded instead: Z[k] lane l holds
+ * the 16 quant bytes of row 4l + k, one vpdpbusd against the block's 16
+ * activations broadcast to every lane gives each row four partial sums,
+ * and one shared 4x4 transpose-add (6 shuffles for 16 rows) turns the
+ * partials into the rows' exact block sums in lane order. The integer sums
+ * are exact however they are formed, and the float operations per element
+ * are qt_tokens' in the same order, so results are bit for bit those of
+ * every other n. */
+
+/* Z[k] lane l = the 16 bytes at rp[4l + k] + off (k = 0..3). */
+INLINE void qo_load(const uint8_t *const p[16], size_t off, __m512i Z[4])
+{
+    for (int k = 0; k < 4; k++) {
+        __m512i z = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(p[k] + off)));
+        z = _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)(p[4 + k] + off)), 1);
+        z = _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)(p[8 + k] + off)), 2);
+        Z[k] = _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)(p[12 + k] + off)), 3);
+    }
+}
+
+/* P[k] += partial sums of one activation plane: lo[k] holds values 0..15
+ * of the block (u8), hi[k] values 16..31; q is the block's start in the
+ * paired layout (values 0..15 at q, 16..31 at q + 32). */
+INLINE void qo_dot(const __m512i lo[4], const __m512i hi[4], const uint8_t *q, __m512i P[4])
+{
+    const __m512i a = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)q));
+    const __m512i c = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(q + 32)));
+    for (int k = 0; k < 4; k++)
+        P[k] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(P[k], lo[k], a), hi[k], c);
+}
+
+/* S lane 4l + k = the four dwords of lane l of P[k] added. */
+INLINE __m512i qo_reduce(const __m512i P[4])
+{
+    __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(P[0], P[1]), _mm512_unpackhi_epi32(P[0], P[1]));
+    __m512i t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(P[2], P[3]), _mm512_unpackhi_epi32(P[2], P[3]));
+    return _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
+}
+
 INLINE void qt_one(int type, int two, const st_qmm_args_t *a, int r, int R, int t)
 {
     const st_q8_layout_t *L = &a->L;
     const uint8_t *xr = a->xq + (size_t)t * L->stride;
     const float *xv = (const float *)(xr + L->xv_off);
+    const int bb = st_qblock_bytes(type);
+    const size_t qoff = type == ST_DTYPE_Q4_1 ? 4 : 2;
+    const __m512i m4 = _mm512_set1_epi8(0x0F), bias = _mm512_set1_epi8((char)0x80);
+    const __m512 of = _mm512_set1_ps(ofactor(type));
     __m512 acc = _mm512_setzero_ps();
     qt_rows_t g;
 
     qt_rows_init(a, r, R, &g);
     for (int b = 0; b < L->nb; b++) {
+        const size_t bo = (size_t)b * bb;
         const size_t xo = (size_t)(b >> 1) * 64 + (size_t)(b & 1) * 16;
         const int vo = (b >> 1) * 4 + (b & 1) * 2;
-        __m512i W[8];
-        __m512 D, O;
-        qt_block(type, &g, b, W, &D, &O);
-        __m512i is = qt_bdot(W, xr + xo);
-        if (two)
-            is = _mm512_add_epi32(_mm512_sub_epi32(_mm512_slli_epi32(is, 7), is),
-                                  qt_bdot(W, xr + L->q2_off + xo));
+        __m512i lo[4], hi[4], P[4];
+
+        for (int l = 0; l < bb * 16; l += 64)
+            _mm_prefetch((const char *)(g.grp + bo * 16 + (size_t)l + ST_GEMV_PREFETCH),
+                         ST_GEMV_PF_HINT);
+        if (type == ST_DTYPE_Q8_0) {
+            qo_load(g.rp, bo + 2, lo);
+            qo_load(g.rp, bo + 18, hi);
+            for (int k = 0; k < 4; k++) {
+                lo[k] = _mm512_xor_si512(lo[k], bias);
+                hi[k] = _mm512_xor_si512(hi[k], bias);
+            }
+        } else {
+            qo_load(g.rp, bo + qoff, lo);
+            for (int k = 0; k < 4; k++) {
+                hi[k] = _mm512_and_si512(_mm512_srli_epi16(lo[k], 4), m4);
+                lo[k] = _mm512_and_si512(lo[k], m4);
+            }
+        }
+        for (int k = 0; k < 4; k++)
+            P[k] = _mm512_setzero_si512();
+        qo_dot(lo, hi, xr + xo, P);
+        if (two) {   /* 127 * dot(q1) + dot(q2) on the partials: exact in int32 */
+            for (int k = 0; k < 4; k++)
+                P[k] = _mm512_sub_epi32(_mm512_slli_epi32(P[k], 7), P[k]);
+            qo_dot(lo, hi, xr + L->q2_off + xo, P);
+        }
+        const __m512i is = qo_reduce(P);
+        const __m512i h = _mm512_i32gather_epi32(g.vidx, (const void *)(g.grp + bo), 1);
+        const __m512 D = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h));
+        const __m512 O = _mm512_mul_ps(
+            type == ST_DTYPE_Q4_1 ? _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(h, 16)))
+                                  : D,
+            of);
         acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_mul_ps(D, _mm512_set1_ps(xv[vo])), acc);
         acc = _mm512_fmadd_ps(O, _mm512_set1_ps(xv[vo + 1]), acc);
     }
