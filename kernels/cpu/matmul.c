@@ -271,9 +271,14 @@ static void mm_slice(st_cpu_mm_t *mm, int n_w, const st_tensor_t *const *w, cons
     for (int i = 0; i < n_w; i++) {
         mm_part_t *P = &j.part[i];
         const int rows = (int)w[i]->ne[1];
-        /* ~8 chunks per thread and weight balance load (other processes
-         * share the cores) without making the atomic counter hot. */
-        int target = (rows + nth * 8 - 1) / (nth * 8);
+        /* One chunk per thread and weight. Chunks are still claimed
+         * dynamically, so a worker that joins late finds its share taken
+         * rather than holding the caller up. Finer chunks cost more than
+         * the balance they buy: 2-thread decode (bench decode, interleaved
+         * runs) gave 218-233 tokens/s with 8 chunks per thread, 204-206
+         * with 16, 244-257 with 2 and 251-265 with 1; with a busy loop
+         * stealing one core, 113-121 (8), 123-135 (2), 125-128 (1). */
+        int target = (rows + nth - 1) / nth;
         P->w = w[i];
         P->rows = rows;
         P->out = out[i] + (size_t)t0 * rows;
