@@ -67,6 +67,10 @@ static void usage(FILE *f)
         "cluster:\n"
         "  -m, --model PATH        model (this host's copy: plan sizes and SHA-256 manifest)\n"
         "  --worker-model PATH     path the workers open (default: the same)\n"
+        "  --key-file K            key of an encrypted model (strata encrypt-model): it is\n"
+        "                          decrypted here into memory; workers need the encrypted\n"
+        "                          file and K (--local passes both), shards of it are\n"
+        "                          never streamed\n"
         "  --listen ADDR           control plane address (default 0.0.0.0:7700)\n"
         "  --data-listen ADDR      coordinator's data-plane listener (default 0.0.0.0:0)\n"
         "  --workers N             workers to wait for before planning (default 1)\n"
@@ -437,6 +441,7 @@ int st_cmd_coordinator(int argc, char **argv)
             goto out;
         if (!strcmp(o, "-m") || !strcmp(o, "--model")) cp.model_path = v;
         else if (!strcmp(o, "--worker-model")) cp.worker_model_path = v;
+        else if (!strcmp(o, "--key-file")) cp.key_file = v;
         else if (!strcmp(o, "--listen")) cp.listen = v;
         else if (!strcmp(o, "--data-listen")) cp.data_listen = v;
         else if (!strcmp(o, "--secret-file")) secret_file = v;
@@ -549,6 +554,7 @@ int st_cmd_coordinator(int argc, char **argv)
         st_cluster_pipeline(cluster, &pipe);
     }
     ep.model_path = cp.model_path;
+    ep.key_file = cp.key_file;   /* the engine reads the tokenizer from its own copy */
     ep.n_ctx = cp.n_ctx;
     ep.n_slots = cp.n_slots;
     ep.max_batch = ST_MAX(cp.max_batch, cp.n_slots);

@@ -10,7 +10,9 @@
  * never sent over MPI (every rank reads --secret-file or
  * STRATA_CLUSTER_SECRET), and nothing on the per-token path touches MPI.
  * MPI_Init is called only when a process manager started us (PMI_RANK,
- * PMI_SIZE, PMI_FD or PMIX_RANK set).
+ * PMI_SIZE, PMI_FD or PMIX_RANK set). An encrypted model: --key-file K goes
+ * to the coordinator and to every worker (each reads its own copy of K and
+ * of the encrypted file; the key never crosses MPI or the network).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,8 +46,10 @@ static void usage(FILE *f)
         "  --advertise HOST    name or address the workers reach rank 0 at\n"
         "                      (default: rank 0's host name)\n"
         "  every other option is `strata coordinator`'s (see its --help); the\n"
-        "  workers take --secret-file, --threads, --transport, --no-bind and\n"
-        "  --worker-model from the same line\n");
+        "  workers take --secret-file, --threads, --transport, --no-bind,\n"
+        "  --key-file and --worker-model from the same line\n"
+        "  --key-file K        key of an encrypted model: rank 0 decrypts it, every\n"
+        "                      worker decrypts its own layers (each needs the file)\n");
 }
 
 int st_cmd_launch(int argc, char **argv)
@@ -132,7 +136,8 @@ int st_cmd_launch(int argc, char **argv)
             if (!strcmp(a, "--no-bind")) {
                 cargv[cargc++] = argv[i];
             } else if (i + 1 < argc && (!strcmp(a, "--secret-file") || !strcmp(a, "--threads") ||
-                                        !strcmp(a, "-t") || !strcmp(a, "--transport"))) {
+                                        !strcmp(a, "-t") || !strcmp(a, "--transport") ||
+                                        !strcmp(a, "--key-file"))) {
                 cargv[cargc++] = argv[i];
                 cargv[cargc++] = argv[++i];
             } else if (i + 1 < argc && !strcmp(a, "--worker-model")) {

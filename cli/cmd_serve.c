@@ -39,7 +39,9 @@ static void usage(FILE *f)
         "usage: strata serve -m MODEL [--workers N] [--host H] [--port P] [--keys FILE]\n"
         "                    [--tls-cert C --tls-key K] [--audit-log F] [options]\n"
         "engine:\n"
-        "  -m, --model PATH         GGUF model file\n"
+        "  -m, --model PATH         GGUF model file (or one from strata encrypt-model)\n"
+        "      --key-file PATH      key of an encrypted model; with --workers each local\n"
+        "                           worker is given the file and the key\n"
         "      --workers N          run N local worker processes (0: in this process)\n"
         "      --slots N            sequences decoded together (default 8)\n"
         "      --ctx N              tokens per sequence (default 2048)\n"
@@ -102,6 +104,8 @@ int st_cmd_serve(int argc, char **argv)
             return 2;
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
             ep.model_path = v;
+        } else if (!strcmp(a, "--key-file")) {
+            ep.key_file = v;
         } else if (!strcmp(a, "--backend")) {
             ep.backend = v;
         } else if (!strcmp(a, "--workers")) {
@@ -141,6 +145,7 @@ int st_cmd_serve(int argc, char **argv)
 #ifdef SERVE_HAVE_CLUSTER
         st_cluster_params_t cp = st_cluster_default_params();
         cp.model_path = ep.model_path;
+        cp.key_file = ep.key_file;
         cp.n_workers = (uint32_t)workers;
         cp.n_ctx = ep.n_ctx;
         cp.n_slots = ep.n_slots;

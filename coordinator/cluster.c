@@ -30,6 +30,10 @@
 
 #define MOD "cluster"
 
+/* Why a worker without the file gets no shard of an encrypted model. */
+#define CL_ENC_NO_STREAM "the model is encrypted: give the worker the encrypted file and " \
+                         "its key (--model, --key-file); weights are not streamed in the clear"
+
 st_cluster_params_t st_cluster_default_params(void)
 {
     st_cluster_params_t p;
@@ -305,6 +309,7 @@ static void serve_shard(st_cluster_t *c, wrec_t *w, const st_ctrl_shard_request_
     st_ctrl_msg_t *out = malloc(sizeof(*out));
     st_error_t err;
     st_status_t st;
+    int refused;
 
     if (!out) {
         worker_lost(c, w, "out of memory for a shard request");
@@ -312,10 +317,15 @@ static void serve_shard(st_cluster_t *c, wrec_t *w, const st_ctrl_shard_request_
     }
     st_error_clear(&err);
     memset(out, 0, sizeof(*out));
-    if (w->state != W_LOADING)
+    /* An encrypted model's plaintext would cross the control connection,
+     * which has no TLS: refused whatever was asked (header included). */
+    if (c->encrypted)
+        st = st_error_set(&err, ST_ERR_UNSUPPORTED, "%s", CL_ENC_NO_STREAM);
+    else if (w->state != W_LOADING)
         st = st_error_set(&err, ST_ERR_PROTOCOL, "shard request outside loading");
     else
         st = st_ctrl_shard_check_request(rq, c->model_size, header.len, &total, &err);
+    refused = st != ST_OK;
     for (uint32_t i = 0; i < n && st == ST_OK; i++)
         for (uint64_t off = r[i].offset; off < r[i].offset + r[i].len && st == ST_OK;) {
             uint64_t len = ST_MIN(r[i].offset + r[i].len - off, (uint64_t)ST_CTRL_SHARD_CHUNK);
@@ -328,8 +338,9 @@ static void serve_shard(st_cluster_t *c, wrec_t *w, const st_ctrl_shard_request_
             sent += len;
         }
     memset(out, 0, sizeof(*out));
-    if (st == ST_ERR_PROTOCOL) {
-        st_error(MOD, "worker %s: %s; refusing it", w->name, err.msg);
+    if (refused) {
+        st_error(MOD, "worker %s (host %s) asked for its shard: %s; refusing it", w->name,
+                 w->host, err.msg);
         snprintf(out->u.shard_end.error, sizeof(out->u.shard_end.error), "%s", err.msg);
     } else if (st != ST_OK) {
         free(out);
@@ -811,6 +822,10 @@ st_status_t cl_start(const st_cluster_params_t *params, st_cluster_t **out, st_e
         snprintf(c->tls_copy, sizeof(c->tls_copy), "%s", params->transport_tls);
         c->p.transport_tls = c->tls_copy;
     }
+    if (params->key_file) {
+        snprintf(c->key_copy, sizeof(c->key_copy), "%s", params->key_file);
+        c->p.key_file = c->key_copy;
+    }
     c->p.listen = NULL;
     c->p.strata_bin = NULL;
     c->p.worker_log = NULL;
@@ -824,7 +839,7 @@ st_status_t cl_start(const st_cluster_params_t *params, st_cluster_t **out, st_e
     pthread_mutex_init(&c->tlock, NULL);
     snprintf(c->detail, sizeof(c->detail), "waiting for %u worker(s)", params->n_workers);
 
-    st = st_model_open(c->p.model_path, NULL, &c->model, err);
+    st = cl_open_model(c, err);
     if (st != ST_OK)
         goto err;
     hp = st_model_hparams(c->model);

@@ -103,6 +103,9 @@ struct st_cluster {
     char             split_copy[256], tls_copy[ST_CTRL_NAME_MAX];
 
     st_model_t      *model;
+    int              encrypted;        /* model decrypted from an encrypted file: the
+                                          manifest hashes memory, shards are refused */
+    char             key_copy[ST_CTRL_PATH_MAX];
     uint32_t         n_layer, n_embd, n_vocab;
     uint64_t         model_size;
     st_ctrl_tensor_hash_t *manifest;   /* [n_tensors], by GGUF index */
@@ -175,6 +178,9 @@ void        cl_tlock(st_cluster_t *c);
 void        cl_tunlock(st_cluster_t *c);
 
 /* cluster_plan.c */
+/* Opens c->p.model_path into c->model, with c->p.key_file when set (sets
+ * c->encrypted when the file was an encrypted model). */
+st_status_t cl_open_model(st_cluster_t *c, st_error_t *err);
 st_status_t cl_compute_manifest(st_cluster_t *c, st_error_t *err);
 /* Manifest entries of the tensors layers [first, last) read (deduplicated). */
 uint32_t    cl_stage_tensors(const st_cluster_t *c, uint32_t first, uint32_t last,

@@ -6,6 +6,8 @@
  * starts `strata worker --join 127.0.0.1:PORT` N times. The secret reaches
  * the children through their environment (STRATA_CLUSTER_SECRET), which
  * only this user and root can read; it never appears on a command line.
+ * With a key file (an encrypted model) each worker is given the model path
+ * and --key-file on its command line.
  * Children that die are restarted (respawn) so the cluster re-plans back to
  * N stages; at shutdown they are drained, then terminated if they linger.
  */
@@ -52,7 +54,7 @@ static st_status_t make_env(st_cluster_t *c, st_error_t *err)
 st_status_t cl_spawn(st_cluster_t *c, uint32_t index, st_error_t *err)
 {
     char threads[16], name[32];
-    const char *argv[16];
+    const char *argv[24];
     int k = 0;
     pid_t pid;
 
@@ -70,6 +72,15 @@ st_status_t cl_spawn(st_cluster_t *c, uint32_t index, st_error_t *err)
     argv[k++] = "127.0.0.1:0";
     if (!c->p.bind)
         argv[k++] = "--no-bind";
+    if (c->p.key_file) {
+        /* An encrypted model: each worker decrypts its own layers from the
+         * file (shards are never streamed in the clear). The key file's
+         * path, not the key, is on the command line. */
+        argv[k++] = "--model";
+        argv[k++] = c->p.worker_model_path ? c->p.worker_model_path : c->p.model_path;
+        argv[k++] = "--key-file";
+        argv[k++] = c->p.key_file;
+    }
     argv[k] = NULL;
 
     if (!c->envp)

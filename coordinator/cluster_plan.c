@@ -1,7 +1,8 @@
 /*
- * cluster_plan.c - what the coordinator decides before a plan is sent: the
- * per-tensor SHA-256 manifest of its model copy, which tensors each stage
- * reads, and the layer split (an explicit --split, or the topology planner
+ * cluster_plan.c - what the coordinator decides before a plan is sent: its
+ * copy of the model (decrypted when a key file is given), the per-tensor
+ * SHA-256 manifest of that copy, which tensors each stage reads, and the
+ * layer split (an explicit --split, or the topology planner
  * for memory feasibility followed by a time balance that counts the output
  * head, which the last stage computes for every token).
  */
@@ -14,6 +15,7 @@
 #include <unistd.h>
 
 #include "cluster_internal.h"
+#include "st_crypt.h"
 #include "st_log.h"
 #include "st_util.h"
 #ifdef ST_CLUSTER_HAVE_PLAN
@@ -22,17 +24,52 @@
 
 #define MOD "cluster"
 
-/* ---- manifest ------------------------------------------------------------ */
+/* ---- the model and its manifest ------------------------------------------ */
 
+/* The coordinator's copy of the model. With a key file the whole file is
+ * decrypted (the tokenizer, the planner's sizes and the manifest need every
+ * tensor); a plain GGUF opens as usual, key or not, as `strata generate`
+ * does. The key is on the stack only while the model is opened. */
+st_status_t cl_open_model(st_cluster_t *c, st_error_t *err)
+{
+    uint8_t key[ST_CRYPT_KEY_BYTES];
+    st_model_open_params_t mp = {.size = sizeof(mp)};
+    st_status_t st;
+
+    if (!c->p.key_file)
+        return st_model_open(c->p.model_path, NULL, &c->model, err);
+    if ((st = st_crypt_key_load(c->p.key_file, key, err)) != ST_OK)
+        return st;
+    mp.key = key;
+    st = st_model_open(c->p.model_path, &mp, &c->model, err);
+    explicit_bzero(key, sizeof(key));
+    if (st != ST_OK)
+        return st;
+    /* Only an encrypted file decrypts anything (its metadata at least). */
+    c->encrypted = st_model_decrypted_bytes(c->model) > 0;
+    if (c->encrypted)
+        st_info(MOD, "%s: decrypted %.1f MB into memory (workers need the encrypted file "
+                "and the key; shards are not streamed)", c->p.model_path,
+                (double)st_model_decrypted_bytes(c->model) / 1e6);
+    return ST_OK;
+}
+
+/* A plain file is hashed with pread at each tensor's offset (not through
+ * the mapping, so the pages are not kept resident). An encrypted model has
+ * no plaintext on disk: its decrypted tensors, already in memory, are
+ * hashed, the same bytes a worker decrypts and verifies against this. */
 st_status_t cl_compute_manifest(st_cluster_t *c, st_error_t *err)
 {
     const st_gguf_t *g = st_model_gguf(c->model);
     uint64_t t0 = st_now_ns(), bytes = 0;
-    int fd = open(c->p.model_path, O_RDONLY | O_CLOEXEC);
+    int fd = -1;
     st_status_t st = ST_OK;
 
-    if (fd < 0)
-        return st_error_set(err, ST_ERR_IO, "%s: %s", c->p.model_path, strerror(errno));
+    if (!c->encrypted) {
+        fd = open(c->p.model_path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            return st_error_set(err, ST_ERR_IO, "%s: %s", c->p.model_path, strerror(errno));
+    }
     c->n_tensors = st_gguf_n_tensors(g);
     c->manifest = calloc(c->n_tensors ? c->n_tensors : 1, sizeof(*c->manifest));
     if (!c->manifest) {
@@ -49,6 +86,16 @@ st_status_t cl_compute_manifest(st_cluster_t *c, st_error_t *err)
         }
         snprintf(h->name, sizeof(h->name), "%s", t->name);
         h->nbytes = t->nbytes;
+        if (c->encrypted) {
+            if (!t->data && t->nbytes) {
+                st = st_error_set(err, ST_ERR_RANGE, "%s: tensor '%s' is not in memory for "
+                                  "its SHA-256", c->p.model_path, t->name);
+                goto out;
+            }
+            st_ctrl_sha256(t->data, (size_t)t->nbytes, h->sha256);
+            bytes += t->nbytes;
+            continue;
+        }
         st = st_ctrl_sha256_file(fd, t->file_offset, t->nbytes, h->sha256);
         if (st != ST_OK) {
             st_error_set(err, st, "%s: cannot read tensor '%s' for its SHA-256",
@@ -57,10 +104,12 @@ st_status_t cl_compute_manifest(st_cluster_t *c, st_error_t *err)
         }
         bytes += t->nbytes;
     }
-    st_info(MOD, "SHA-256 manifest of %" PRIu64 " tensors (%.1f MB) in %.2f s",
-            c->n_tensors, (double)bytes / 1e6, (double)(st_now_ns() - t0) / 1e9);
+    st_info(MOD, "SHA-256 manifest of %" PRIu64 " tensors (%.1f MB%s) in %.2f s",
+            c->n_tensors, (double)bytes / 1e6, c->encrypted ? ", decrypted in memory" : "",
+            (double)(st_now_ns() - t0) / 1e9);
 out:
-    close(fd);
+    if (fd >= 0)
+        close(fd);
     return st;
 }
 

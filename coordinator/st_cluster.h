@@ -17,6 +17,14 @@
  *   st_cluster_pipeline(c, ep.pipeline);    // the engine now owns c
  *   st_engine_create(&ep, &engine, &err);
  *
+ * Encrypted models (docs/ENCRYPTION.md): set p.key_file and p.model_path to
+ * the encrypted file. The coordinator decrypts it whole into anonymous
+ * memory (it needs metadata and tokenizer, and hashes the decrypted tensors
+ * for the manifest, which is what the workers verify theirs against);
+ * workers are started with `--model m.stenc --key-file K`. A worker without
+ * the file is refused, not streamed: the control connection is not
+ * encrypted and would carry the weights in the clear.
+ *
  * One machine, N local worker processes (what `strata serve --workers N`
  * uses): st_cluster_local_create() spawns `strata worker` N times with a
  * fresh random secret, and returns the pipeline directly.
@@ -90,6 +98,12 @@ typedef struct st_cluster_params {
     const char *strata_bin;        /* NULL: /proc/self/exe */
     int         respawn;           /* restart local workers that die (default 1) */
     const char *worker_log;        /* NULL: workers inherit stderr */
+    /* Added after the fields above; callers fill the struct from
+     * st_cluster_default_params(), so `size` covers it. */
+    const char *key_file;          /* key of an encrypted model (st_crypt.h): the
+                                      coordinator decrypts the whole file into anonymous
+                                      memory; local workers get --key-file; shards of an
+                                      encrypted model are never streamed. NULL: none */
 } st_cluster_params_t;
 
 st_cluster_params_t st_cluster_default_params(void);
