@@ -554,7 +554,7 @@ int st_cmd_coordinator(int argc, char **argv)
         st_cluster_pipeline(cluster, &pipe);
     }
     ep.model_path = cp.model_path;
-    ep.key_file = cp.key_file;   /* the engine reads the tokenizer from its own copy */
+    ep.key_file = cp.key_file;   /* unused with the cluster pipeline: its model is shared */
     ep.n_ctx = cp.n_ctx;
     ep.n_slots = cp.n_slots;
     ep.max_batch = ST_MAX(cp.max_batch, cp.n_slots);

@@ -536,6 +536,13 @@ static void cl_destroy(void *ctx)
     st_cluster_free(ctx);
 }
 
+/* The coordinator's own copy (tokenizer, chat template, sizes): the engine
+ * uses it instead of opening, and decrypting, the model a second time. */
+static st_model_t *cl_model(void *ctx)
+{
+    return ((st_cluster_t *)ctx)->model;
+}
+
 static const st_pipeline_ops_t cluster_ops = {
     .abi_version = ST_PIPELINE_ABI_VERSION,
     .name = "cluster",
@@ -544,6 +551,7 @@ static const st_pipeline_ops_t cluster_ops = {
     .poll = cl_poll,
     .info = cl_info,
     .destroy = cl_destroy,
+    .model = cl_model,
 };
 
 void st_cluster_pipeline(st_cluster_t *c, st_pipeline_t *out)

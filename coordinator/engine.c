@@ -58,6 +58,7 @@ typedef struct mb_rec {
 struct st_engine {
     st_engine_params_t  p;
     st_model_t         *model;
+    int                 model_borrowed; /* the pipeline's (ops->model): not closed here */
     st_tokenizer_t     *tok;
     st_chat_template_t  chat;
     st_pipeline_t       pipe;
@@ -637,9 +638,14 @@ st_status_t st_engine_create(const st_engine_params_t *params, st_engine_t **out
     pthread_mutex_init(&e->lock, NULL);
     pthread_cond_init(&e->cond, NULL);
 
-    st = open_model(params, &e->model, err);
-    if (st != ST_OK)
-        goto err_free;
+    if (params->pipeline && params->pipeline->ops->model &&
+        (e->model = params->pipeline->ops->model(params->pipeline->ctx)) != NULL) {
+        e->model_borrowed = 1;   /* the pipeline's copy: not opened twice */
+    } else {
+        st = open_model(params, &e->model, err);
+        if (st != ST_OK)
+            goto err_free;
+    }
     if (e->p.n_ctx > st_model_hparams(e->model)->n_ctx_train && st_model_hparams(e->model)->n_ctx_train)
         st_warn("engine", "context %u is beyond the %u tokens the model was trained with",
                 e->p.n_ctx, st_model_hparams(e->model)->n_ctx_train);
@@ -706,7 +712,8 @@ err_bufs:
 err_tok:
     st_tokenizer_free(e->tok);
 err_model:
-    st_model_close(e->model);
+    if (!e->model_borrowed)
+        st_model_close(e->model);
 err_free:
     pthread_cond_destroy(&e->cond);
     pthread_mutex_destroy(&e->lock);
@@ -741,7 +748,8 @@ void st_engine_free(st_engine_t *e)
     free(e->b_tok); free(e->b_pos); free(e->b_slot); free(e->b_want);
     e->pipe.ops->destroy(e->pipe.ctx);
     st_tokenizer_free(e->tok);
-    st_model_close(e->model);
+    if (!e->model_borrowed)
+        st_model_close(e->model);
     pthread_cond_destroy(&e->cond);
     pthread_mutex_destroy(&e->lock);
     free(e);

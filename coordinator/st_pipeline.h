@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "st_error.h"
+#include "st_model.h"
 #include "st_sampler.h"
 #include "st_status.h"
 
@@ -66,6 +67,12 @@ typedef struct st_pipeline_ops {
     /* May be called from any thread (health checks, metrics). */
     void        (*info)(void *ctx, st_pipeline_info_t *out);
     void        (*destroy)(void *ctx);
+    /* Optional (NULL, or returning NULL: the engine opens model_path itself).
+     * The model the pipeline already holds, for the engine's tokenizer, chat
+     * template and hyper-parameters, so that a coordinator keeps one copy
+     * (with an encrypted model, one decrypted copy instead of two). Valid
+     * until destroy; the engine never closes it. */
+    st_model_t *(*model)(void *ctx);
 } st_pipeline_ops_t;
 
 typedef struct st_pipeline {
