@@ -24,7 +24,7 @@ typedef struct req {
     uint64_t     id;
     st_gen_cb_t  cb;
     void        *user;
-    int32_t     *prompt;
+    int32_t     *prompt;          /* n_prompt tokens, then the generated ones (replay) */
     uint32_t     n_prompt;
     uint32_t     max_tokens;
     st_sampler_params_t sampling;
@@ -38,8 +38,11 @@ typedef struct req {
 
 typedef struct seq {
     req_t        *r;              /* NULL: slot free */
-    uint32_t      n_fed;          /* prompt tokens sent to the pipeline */
+    uint32_t      n_fed;          /* prefill tokens sent to the pipeline */
+    uint32_t      n_feed;         /* prefill length: n_prompt, or prompt + generated on replay */
     uint32_t      n_gen;
+    uint32_t      replays;        /* times the pipeline lost this sequence and it was replayed */
+    int           replay_pending; /* lost with its micro-batch: replay once the pipeline drained */
     uint32_t      pos;            /* next position to fill */
     int32_t       next_tok;
     int           inflight;
@@ -210,6 +213,14 @@ st_status_t st_engine_submit(st_engine_t *e, const st_gen_request_t *gr, st_gen_
                           "context of %u tokens", r->n_prompt, gr->max_tokens, e->p.n_ctx);
         goto err_req;
     }
+    {   /* room for the generated tokens too: a replay re-feeds them */
+        int32_t *grown = realloc(r->prompt, ((size_t)r->n_prompt + gr->max_tokens) * sizeof(int32_t));
+        if (!grown) {
+            st = st_error_set(err, ST_ERR_NOMEM, "out of memory");
+            goto err_req;
+        }
+        r->prompt = grown;
+    }
     st = st_stop_set_init(&r->stops, gr->stop, ST_GEN_MAX_STOP);
     if (st != ST_OK) {
         st_error_set(err, st, "invalid stop strings");
@@ -361,6 +372,7 @@ static void admit(st_engine_t *e)
         r->t_admit = st_now_ns();
         memset(s, 0, sizeof(*s));
         s->r = r;
+        s->n_feed = r->n_prompt;
         if (atomic_load(&r->cancelled)) {
             seq_finish(e, s, "cancelled", ST_OK, NULL);
             continue;
@@ -378,6 +390,8 @@ static void admit(st_engine_t *e)
     }
 }
 
+static void seq_lost(st_engine_t *e, seq_t *s, st_status_t status, const char *errmsg);
+
 static mb_rec_t *free_rec(st_engine_t *e)
 {
     for (uint32_t i = 0; i < e->info.depth; i++)
@@ -394,6 +408,7 @@ static int submit_one(st_engine_t *e)
     mb_rec_t *rec = free_rec(e);
     st_microbatch_t mb;
     st_error_t err;
+    st_status_t sst;
 
     if (!rec)
         return 0;
@@ -415,8 +430,10 @@ static int submit_one(st_engine_t *e)
             seq_finish(e, s, "cancelled", ST_OK, NULL);
             continue;
         }
-        if (s->n_fed < r->n_prompt) {
-            take = ST_MIN(r->n_prompt - s->n_fed, e->p.prefill_chunk);
+        if (s->replay_pending)
+            continue;
+        if (s->n_fed < s->n_feed) {
+            take = ST_MIN(s->n_feed - s->n_fed, e->p.prefill_chunk);
             take = ST_MIN(take, e->p.max_batch - n);
             for (uint32_t t = 0; t < take; t++) {
                 e->b_tok[n] = r->prompt[s->n_fed + t];
@@ -427,7 +444,7 @@ static int submit_one(st_engine_t *e)
             }
             s->n_fed += take;
             s->pos += take;
-            if (s->n_fed == r->n_prompt) {
+            if (s->n_fed == s->n_feed) {
                 e->b_want[n - 1] = 1;
                 rec->want_seq[rec->n_want++] = i;
             }
@@ -457,13 +474,14 @@ static int submit_one(st_engine_t *e)
     mb.slot = e->b_slot;
     mb.want = e->b_want;
     st_error_clear(&err);
-    if (e->pipe.ops->submit(e->pipe.ctx, &mb, &err) != ST_OK) {
+    if ((sst = e->pipe.ops->submit(e->pipe.ctx, &mb, &err)) != ST_OK) {
         st_error("engine", "pipeline refused a micro-batch: %s", err.msg);
         rec->used = 0;
         for (uint32_t j = 0; j < n_seq; j++) {
             seq_t *s = &e->seqs[rec->seqs[j]];
             s->inflight = 0;
-            seq_finish(e, s, "error", ST_ERR_BACKEND, err.msg[0] ? err.msg : "pipeline error");
+            seq_lost(e, s, sst == ST_ERR_PEER ? ST_ERR_PEER : ST_ERR_BACKEND,
+                     err.msg[0] ? err.msg : "pipeline error");
         }
         return 0;
     }
@@ -496,8 +514,62 @@ static void on_token(st_engine_t *e, seq_t *s, int32_t tok)
         seq_finish(e, s, "stop", ST_OK, NULL);
     else if (s->n_gen >= r->max_tokens || s->pos >= e->p.n_ctx)
         seq_finish(e, s, "length", ST_OK, NULL);
-    else
+    else {
         s->next_tok = tok;
+        r->prompt[r->n_prompt + s->n_gen - 1] = tok;   /* n_gen <= max_tokens: room */
+    }
+}
+
+/* A micro-batch failed. A sequence whose pipeline lost a stage (ST_ERR_PEER)
+ * is replayed, when its continuation can be the same: greedy requests (no
+ * random draws), at most ENGINE_MAX_REPLAYS times. The rest end with the
+ * pipeline's error. */
+#define ENGINE_MAX_REPLAYS 2
+
+static void seq_lost(st_engine_t *e, seq_t *s, st_status_t status, const char *errmsg)
+{
+    if (status == ST_ERR_PEER && s->r->sampling.temperature <= 0.0f &&
+        s->replays < ENGINE_MAX_REPLAYS && !atomic_load(&s->r->cancelled)) {
+        s->replay_pending = 1;
+        return;
+    }
+    seq_finish(e, s, "error", status != ST_OK ? status : ST_ERR_INTERNAL,
+               errmsg && *errmsg ? errmsg : "pipeline step failed");
+}
+
+/* Once nothing is in flight (every micro-batch of the lost epoch came
+ * back), each lost sequence starts again: slot_setup waits (bounded) for
+ * the pipeline to serve again, then its prompt and the tokens it already
+ * produced are prefilled anew and decoding goes on from the next token.
+ * The text already sent is not sent again. */
+static void replay_lost(st_engine_t *e)
+{
+    if (e->n_inflight)
+        return;
+    for (uint32_t i = 0; i < e->p.n_slots; i++) {
+        seq_t *s = &e->seqs[i];
+        req_t *r = s->r;
+        st_error_t err;
+
+        if (!r || !s->replay_pending)
+            continue;
+        s->replay_pending = 0;
+        s->replays++;
+        s->n_feed = r->n_prompt + s->n_gen;
+        s->n_fed = 0;
+        s->pos = 0;
+        st_error_clear(&err);
+        if (e->pipe.ops->slot_setup(e->pipe.ctx, i, &r->sampling, r->prompt, s->n_feed,
+                                    &err) != ST_OK) {
+            seq_finish(e, s, "error", ST_ERR_PEER, err.msg);
+            continue;
+        }
+        st_info("engine", "request %llu: the pipeline lost a stage; replaying its %u prompt "
+                "and %u generated tokens", (unsigned long long)r->id, r->n_prompt, s->n_gen);
+        pthread_mutex_lock(&e->lock);
+        e->stats.replays++;
+        pthread_mutex_unlock(&e->lock);
+    }
 }
 
 static void complete(st_engine_t *e, const st_pipeline_result_t *res, const char *errmsg)
@@ -519,8 +591,7 @@ static void complete(st_engine_t *e, const st_pipeline_result_t *res, const char
         for (uint32_t j = 0; j < rec->n_seqs; j++) {
             seq_t *s = &e->seqs[rec->seqs[j]];
             if (s->r)
-                seq_finish(e, s, "error", res->status != ST_OK ? res->status : ST_ERR_INTERNAL,
-                           errmsg && *errmsg ? errmsg : "pipeline step failed");
+                seq_lost(e, s, res->status, errmsg);
         }
         return;
     }
@@ -550,6 +621,7 @@ static void *scheduler(void *arg)
         pthread_mutex_unlock(&e->lock);
 
         admit(e);
+        replay_lost(e);
         while (e->n_inflight < e->info.depth && submit_one(e))
             ;
         if (e->n_inflight == 0)

@@ -103,6 +103,7 @@ typedef struct st_engine_stats {
     uint64_t prompt_tokens;      /* totals since start */
     uint64_t completion_tokens;
     uint64_t steps;
+    uint64_t replays;            /* sequences replayed after the pipeline lost a stage */
     uint64_t step_ns_total;      /* time in pipeline steps */
     int      healthy;
     char     detail[256];
