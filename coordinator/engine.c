@@ -521,15 +521,14 @@ static void on_token(st_engine_t *e, seq_t *s, int32_t tok)
 }
 
 /* A micro-batch failed. A sequence whose pipeline lost a stage (ST_ERR_PEER)
- * is replayed, when its continuation can be the same: greedy requests (no
- * random draws), at most ENGINE_MAX_REPLAYS times. The rest end with the
- * pipeline's error. */
+ * is replayed (at most ENGINE_MAX_REPLAYS times); other failures end it
+ * with the pipeline's error. */
 #define ENGINE_MAX_REPLAYS 2
 
 static void seq_lost(st_engine_t *e, seq_t *s, st_status_t status, const char *errmsg)
 {
-    if (status == ST_ERR_PEER && s->r->sampling.temperature <= 0.0f &&
-        s->replays < ENGINE_MAX_REPLAYS && !atomic_load(&s->r->cancelled)) {
+    if (status == ST_ERR_PEER && s->replays < ENGINE_MAX_REPLAYS &&
+        !atomic_load(&s->r->cancelled)) {
         s->replay_pending = 1;
         return;
     }
@@ -541,7 +540,10 @@ static void seq_lost(st_engine_t *e, seq_t *s, st_status_t status, const char *e
  * back), each lost sequence starts again: slot_setup waits (bounded) for
  * the pipeline to serve again, then its prompt and the tokens it already
  * produced are prefilled anew and decoding goes on from the next token.
- * The text already sent is not sent again. */
+ * The text already sent is not sent again. A sampled sequence's sampler is
+ * seeded where its stream stood after those tokens (one draw each), and its
+ * repetition window is the tail of prompt + produced tokens, as it was: the
+ * continuation is the one an unperturbed run gives. */
 static void replay_lost(st_engine_t *e)
 {
     if (e->n_inflight)
@@ -549,6 +551,7 @@ static void replay_lost(st_engine_t *e)
     for (uint32_t i = 0; i < e->p.n_slots; i++) {
         seq_t *s = &e->seqs[i];
         req_t *r = s->r;
+        st_sampler_params_t sp;
         st_error_t err;
 
         if (!r || !s->replay_pending)
@@ -558,9 +561,11 @@ static void replay_lost(st_engine_t *e)
         s->n_feed = r->n_prompt + s->n_gen;
         s->n_fed = 0;
         s->pos = 0;
+        sp = r->sampling;
+        if (sp.temperature != 0.0f)
+            sp.seed = st_sampler_seed_after(r->sampling.seed, s->n_gen);
         st_error_clear(&err);
-        if (e->pipe.ops->slot_setup(e->pipe.ctx, i, &r->sampling, r->prompt, s->n_feed,
-                                    &err) != ST_OK) {
+        if (e->pipe.ops->slot_setup(e->pipe.ctx, i, &sp, r->prompt, s->n_feed, &err) != ST_OK) {
             seq_finish(e, s, "error", ST_ERR_PEER, err.msg);
             continue;
         }

@@ -10,8 +10,13 @@
  * distributions is the first step. Ties between equal logits are broken by
  * the lower id everywhere, so results do not depend on the sort.
  *
- * Random numbers: xoshiro256** (Blackman & Vigna) seeded through splitmix64,
- * so a seed means the same stream on every machine; the draw uses 53 bits.
+ * Random numbers: splitmix64 (Steele, Lea & Flood; passes BigCrush), so a
+ * seed means the same stream on every machine; the draw uses 53 bits. Its
+ * state advances by a constant per draw, so the stream after k draws is the
+ * stream of another seed (st_sampler_seed_after): a sequence replayed on a
+ * new last stage after a failure continues with exactly the draws it would
+ * have made (one per token whenever temperature > 0). This replaced
+ * xoshiro256**, whose state cannot be fast-forwarded through the seed.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -36,7 +41,7 @@ struct st_sampler {
     uint32_t  hist_n, hist_pos;
     uint32_t *stamp;       /* per id: last sample() that penalised it */
     uint32_t  stamp_gen;
-    uint64_t  rng[4];
+    uint64_t  rng;         /* splitmix64 state */
 };
 
 st_sampler_params_t st_sampler_default_params(void)
@@ -70,24 +75,14 @@ static uint64_t splitmix64(uint64_t *x)
     return z ^ (z >> 31);
 }
 
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-static uint64_t xoshiro_next(uint64_t s[4])
+uint64_t st_sampler_seed_after(uint64_t seed, uint64_t draws)
 {
-    uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return r;
+    return seed + draws * 0x9e3779b97f4a7c15ull;   /* splitmix64's step, mod 2^64 */
 }
 
 void st_sampler_reset(st_sampler_t *s, uint64_t seed)
 {
-    uint64_t x = seed;
-    for (int i = 0; i < 4; i++) s->rng[i] = splitmix64(&x);
+    s->rng = seed;
     s->hist_n = s->hist_pos = 0;
     s->p.seed = seed;
 }
@@ -263,7 +258,7 @@ int32_t st_sampler_sample(st_sampler_t *s, float *logits)
     }
 
     double total = softmax(c, n, s->prob, p->temperature);
-    double u = (double)(xoshiro_next(s->rng) >> 11) * 0x1.0p-53 * total, cum = 0.0;
+    double u = (double)(splitmix64(&s->rng) >> 11) * 0x1.0p-53 * total, cum = 0.0;
     for (size_t i = 0; i < n; i++) {
         cum += s->prob[i];
         if (u < cum) return c[i].id;

@@ -10,8 +10,11 @@
  * Order of operations (as llama.cpp's default chain): repetition penalty
  * over the last `repeat_last_n` tokens, then temperature 0 -> greedy
  * (argmax, lowest id on ties); else top-k, top-p, min-p, temperature,
- * softmax and a draw from a per-sampler xoshiro256** stream seeded by
- * `seed`, so the same seed gives the same output on any machine.
+ * softmax and a draw from a per-sampler splitmix64 stream seeded by `seed`,
+ * so the same seed gives the same output on any machine. Exactly one draw
+ * per sampled token when temperature > 0 (none when every logit is -inf),
+ * so st_sampler_seed_after(seed, n) seeds the stream a sequence would use
+ * after n sampled tokens (the engine's replay after a lost stage).
  * All scratch is allocated at create time: sampling allocates nothing.
  */
 #ifndef ST_SAMPLER_H
@@ -39,6 +42,8 @@ st_status_t st_sampler_check_params(const st_sampler_params_t *p, const char **b
 st_status_t st_sampler_create(const st_sampler_params_t *p, uint32_t n_vocab, st_sampler_t **out);
 void        st_sampler_free(st_sampler_t *s);
 void        st_sampler_reset(st_sampler_t *s, uint64_t seed);
+/* The seed whose stream equals `seed`'s after `draws` draws. */
+uint64_t    st_sampler_seed_after(uint64_t seed, uint64_t draws);
 /* logits are read and may be modified in place. */
 int32_t     st_sampler_sample(st_sampler_t *s, float *logits);
 void        st_sampler_accept(st_sampler_t *s, int32_t id);

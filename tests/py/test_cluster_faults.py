@@ -1,12 +1,14 @@
-"""Faults: a worker killed with SIGKILL in the middle of a generation (a
-greedy request is replayed on the re-planned cluster and gives the same
-answer; a sampled one ends with a clear error; the next request succeeds,
-nothing hangs), and a cluster whose workers never come."""
+"""Faults: a worker killed with SIGKILL in the middle of a generation (the
+request is replayed on the re-planned cluster and gives the answer an
+unperturbed run gives, greedy or seeded; nothing hangs), and a cluster whose
+workers never come."""
 import os
 import re
 import signal
 import subprocess
 import time
+
+import pytest
 
 from conftest import StderrWatch, run
 
@@ -47,36 +49,30 @@ def texts_of(out):
                            re.S))
 
 
-def test_kill_worker_mid_generation_replays_greedy(strata, real_model):
-    out, err, rc = kill_after_first_request(strata, real_model, ())
+@pytest.mark.parametrize("sampling", [("--temp", "0"), ("--temp", "0.8", "--seed", "7")],
+                         ids=["greedy", "sampled"])
+def test_kill_worker_mid_generation_replays(strata, real_model, sampling):
+    out, err, rc = kill_after_first_request(strata, real_model, sampling)
     assert rc == 0, err[-4000:]
-    # Greedy requests are replayed from prompt + produced tokens on the
-    # re-planned cluster: every request completes, no error reaches the client.
+    # The request in flight is replayed from prompt + produced tokens on the
+    # re-planned cluster (a sampled one with its random stream advanced past
+    # the draws already made): every request completes, no error reaches
+    # the client...
     for i in range(3):
         assert f"request {i} stream 0: {N} tokens" in err, err[-4000:]
     assert "failed" not in "".join(l for l in err.splitlines() if "stream 0" in l)
     assert "plan epoch 2" in err
+    # The kill lands while request 1 has micro-batches in flight (6 of 6
+    # manual runs logged the replay), so this checks the replay really ran.
+    assert "replaying" in err, err[-4000:]
     texts = texts_of(out)
-    ref = run([strata, "generate", "-m", real_model, "-p", PROMPT, "-n", str(N), "--temp", "0",
+    ref = run([strata, "generate", "-m", real_model, "-p", PROMPT, "-n", str(N), *sampling,
                "-t", "1", "--ignore-eos"], timeout=120)
     assert ref.returncode == 0
-    # ...and the replayed answer is token for token the unperturbed one.
+    # ...and every answer, the replayed one included, is token for token the
+    # unperturbed one (same prompt, same seed).
     for i in ("0", "1", "2"):
         assert texts[i].rstrip("\n") == ref.stdout.rstrip("\n"), i
-
-
-def test_kill_worker_mid_generation_sampled_fails_clearly(strata, real_model):
-    # A sampled request is not replayed (its random draws would not line up):
-    # it ends with an error naming the loss, and the next request succeeds.
-    out, err, rc = kill_after_first_request(strata, real_model,
-                                            ("--temp", "0.8", "--seed", "7"))
-    assert rc == 0, err[-4000:]
-    m1 = re.search(r"request 1 stream 0 failed: (.*)", err)
-    assert m1 or f"request 1 stream 0: {N} tokens" in err, err[-4000:]
-    if m1:
-        assert "lost" in m1.group(1) or "peer" in m1.group(1), m1.group(1)
-    assert f"request 2 stream 0: {N} tokens" in err, err[-4000:]
-    assert "plan epoch 2" in err
 
 
 def test_no_workers_times_out_cleanly(strata, real_model, tmp_path):
