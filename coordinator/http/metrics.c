@@ -166,7 +166,7 @@ char *st_http_metrics_render(const st_http_metrics_t *m, const st_http_metrics_v
         scalar(&b, "strata_engine_healthy", "gauge", "1 when every pipeline stage is up.",
                es->healthy ? 1.0 : 0.0);
         scalar(&b, "strata_sequences_replayed_total", "counter",
-               "Greedy sequences replayed after the pipeline lost a stage.", (double)es->replays);
+               "Sequences replayed after the pipeline lost a stage.", (double)es->replays);
     }
     head(&b, "strata_stage_compute_seconds_total", "counter",
          "Compute time spent by each pipeline stage.");
