@@ -557,6 +557,10 @@ static void replay_lost(st_engine_t *e)
         if (!r || !s->replay_pending)
             continue;
         s->replay_pending = 0;
+        if (atomic_load(&r->cancelled)) {   /* its client left meanwhile */
+            seq_finish(e, s, "cancelled", ST_OK, NULL);
+            continue;
+        }
         s->replays++;
         s->n_feed = r->n_prompt + s->n_gen;
         s->n_fed = 0;
