@@ -752,6 +752,15 @@ static void server_free(st_http_server_t *s)
     if (s->wake) event_free(s->wake);
     if (s->sig_term) event_free(s->sig_term);
     if (s->sig_int) event_free(s->sig_int);
+    if (s->sig_term || s->sig_int) {
+        /* Freeing the events gave SIGTERM back its default action, and the
+         * caller's teardown (stopping the engine and its workers) still has
+         * to run: a second SIGTERM there killed the drained server with
+         * -15 instead of letting it exit 0 (seen in CI). The drain is done,
+         * so later ones are ignored; SIGKILL still ends a stuck teardown. */
+        signal(SIGTERM, SIG_IGN);
+        signal(SIGINT, SIG_IGN);
+    }
     if (s->chunk) evbuffer_free(s->chunk);
     st_http_buf_free(&s->scratch);
     if (s->base)

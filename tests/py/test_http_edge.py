@@ -148,6 +148,26 @@ def test_queue_full_is_503_at_once():
         assert rc == 0, err
 
 
+def test_repeated_sigterm_during_shutdown_still_exits_0():
+    # Operators (and the test helper's stop()) send SIGTERM again while the
+    # server shuts down; it must still drain and exit 0, not die with -15
+    # in the teardown after the drain.
+    import signal
+    s = Server("--drain-timeout", "20")
+    sock = socket.create_connection(("127.0.0.1", s.port), timeout=30)
+    sock.sendall(stream_req(16))
+    buf = b""
+    while b"data: {" not in buf:
+        buf += sock.recv(4096)
+    deadline = time.time() + 30
+    while s.proc.poll() is None and time.time() < deadline:
+        s.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.002)
+    sock.close()
+    rc, _, err = s.stop()
+    assert rc == 0, err[-2000:]
+
+
 def test_sigterm_drains_streams_and_exits_0():
     s = Server("--drain-timeout", "20")
     sock = socket.create_connection(("127.0.0.1", s.port), timeout=30)
