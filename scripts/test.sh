@@ -42,3 +42,12 @@ echo "== integration tests"
 export STRATA_BIN=$PWD/build/bin/strata
 export STRATA_ASAN_BIN=$PWD/build-asan/bin/strata
 python3 -m pytest -q tests/py "$@"
+
+# The multi-process paths again with the ASan+UBSan binary: a coordinator
+# whose worker is killed mid-generation (replay), encrypted models in a
+# cluster. A sanitizer report ends that process with a non-zero status: the
+# coordinator's fails its test; a worker's reads as a lost worker, which
+# fails the encrypted-cluster tests (in the fault test it would be replayed).
+echo "== integration tests under ASan+UBSan (cluster faults, encrypted cluster)"
+STRATA_BIN=$STRATA_ASAN_BIN python3 -m pytest -q tests/py/test_cluster_faults.py \
+  tests/py/test_cluster_crypt.py
