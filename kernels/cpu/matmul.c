@@ -275,7 +275,7 @@ static void mm_slice(st_cpu_mm_t *mm, int n_w, const st_tensor_t *const *w, cons
          * dynamically, so a worker that joins late finds its share taken
          * rather than holding the caller up. Finer chunks cost more than
          * the balance they buy: 2-thread decode (bench decode, interleaved
-         * runs) gave 218-233 tokens/s with 8 chunks per thread, 204-206
+         * runs) gave 213-233 tokens/s with 8 chunks per thread, 204-206
          * with 16, 244-257 with 2 and 251-265 with 1; with a busy loop
          * stealing one core, 113-121 (8), 123-135 (2), 125-128 (1). */
         int target = (rows + nth - 1) / nth;
