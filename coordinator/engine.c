@@ -475,12 +475,12 @@ static int submit_one(st_engine_t *e)
     mb.want = e->b_want;
     st_error_clear(&err);
     if ((sst = e->pipe.ops->submit(e->pipe.ctx, &mb, &err)) != ST_OK) {
-        st_error("engine", "pipeline refused a micro-batch: %s", err.msg);
+        st_warn("engine", "pipeline refused a micro-batch: %s", err.msg);
         rec->used = 0;
         for (uint32_t j = 0; j < n_seq; j++) {
             seq_t *s = &e->seqs[rec->seqs[j]];
             s->inflight = 0;
-            seq_lost(e, s, sst == ST_ERR_PEER ? ST_ERR_PEER : ST_ERR_BACKEND,
+            seq_lost(e, s, sst == ST_ERR_PEER || sst == ST_ERR_TIMEOUT ? sst : ST_ERR_BACKEND,
                      err.msg[0] ? err.msg : "pipeline error");
         }
         return 0;
@@ -520,14 +520,15 @@ static void on_token(st_engine_t *e, seq_t *s, int32_t tok)
     }
 }
 
-/* A micro-batch failed. A sequence whose pipeline lost a stage (ST_ERR_PEER)
- * is replayed (at most ENGINE_MAX_REPLAYS times); other failures end it
- * with the pipeline's error. */
+/* A micro-batch failed. A sequence whose KV cache the pipeline lost, to a
+ * dead stage (ST_ERR_PEER) or to a re-plan that would not wait longer for
+ * it (ST_ERR_TIMEOUT), is replayed (at most ENGINE_MAX_REPLAYS times);
+ * other failures end it with the pipeline's error. */
 #define ENGINE_MAX_REPLAYS 2
 
 static void seq_lost(st_engine_t *e, seq_t *s, st_status_t status, const char *errmsg)
 {
-    if (status == ST_ERR_PEER && s->replays < ENGINE_MAX_REPLAYS &&
+    if ((status == ST_ERR_PEER || status == ST_ERR_TIMEOUT) && s->replays < ENGINE_MAX_REPLAYS &&
         !atomic_load(&s->r->cancelled)) {
         s->replay_pending = 1;
         return;
@@ -573,8 +574,9 @@ static void replay_lost(st_engine_t *e)
             seq_finish(e, s, "error", ST_ERR_PEER, err.msg);
             continue;
         }
-        st_info("engine", "request %llu: the pipeline lost a stage; replaying its %u prompt "
-                "and %u generated tokens", (unsigned long long)r->id, r->n_prompt, s->n_gen);
+        st_info("engine", "request %llu: its KV cache was lost (a stage failed or the cluster "
+                "re-planned); replaying its %u prompt and %u generated tokens",
+                (unsigned long long)r->id, r->n_prompt, s->n_gen);
         pthread_mutex_lock(&e->lock);
         e->stats.replays++;
         pthread_mutex_unlock(&e->lock);

@@ -72,3 +72,68 @@ def test_second_worker_triggers_replan(strata, real_model, secret):
             except subprocess.TimeoutExpired:
                 w.kill()
                 w.communicate()
+
+
+def test_join_while_requests_run_loses_no_request(strata, real_model, secret):
+    """Two long greedy requests are running and a third arrives while a
+    joining worker's re-plan drains the pipeline. Sequences whose KV cache
+    the re-plan drops are replayed on the new plan, so every request
+    answers 200 with exactly the unperturbed text (docs/CLUSTER.md, Joins
+    and Replay)."""
+    need_binary()
+    requests = pytest.importorskip("requests")
+    n = 200
+    ref = run([strata, "generate", "-m", real_model, "-p", PROMPT, "-n", str(n), "--temp", "0",
+               "--ignore-eos", "-t", "1"], timeout=120)
+    assert ref.returncode == 0, ref.stderr
+    port, http = free_port(), free_port()
+    c = subprocess.Popen([strata, "coordinator", "-m", real_model, "--listen",
+                          f"127.0.0.1:{port}", "--data-listen", "127.0.0.1:0", "--workers", "1",
+                          "--secret-file", secret, "--join-timeout", "30", "--host", "127.0.0.1",
+                          "--port", str(http)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watch = StderrWatch(c)
+    ws, results = [], {}
+
+    def one(k):
+        r = requests.post(f"http://127.0.0.1:{http}/v1/completions",
+                          json={"prompt": PROMPT, "max_tokens": n, "temperature": 0,
+                                "ignore_eos": True}, timeout=180)
+        results[k] = (r.status_code, r.json()["choices"][0]["text"] if r.status_code == 200
+                      else r.text)
+
+    import threading
+    try:
+        wait_listening(port)
+        ws.append(worker(strata, port, secret, "w0"))
+        watch.wait_for("cluster running: epoch 1:", 60)
+        wait_listening(http)
+        threads = [threading.Thread(target=one, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)                              # both are decoding
+        ws.append(worker(strata, port, secret, "w1"))
+        watch.wait_for("w1 joined", 30)
+        late = threading.Thread(target=one, args=(2,))
+        late.start()                                 # arrives during the drain
+        threads.append(late)
+        for t in threads:
+            t.join(timeout=180)
+        watch.wait_for("cluster running: epoch 2:", 60)
+        for k in range(3):
+            code, text = results[k]
+            assert code == 200, (k, text, watch.text()[-3000:])
+            assert text in ref.stdout and len(text) > 0.9 * len(ref.stdout.strip()), (k, text)
+    finally:
+        c.terminate()
+        try:
+            c.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            c.kill()
+            c.wait()
+        for w in ws:
+            try:
+                w.terminate()
+                w.wait(timeout=30)
+            except Exception:
+                w.kill()
