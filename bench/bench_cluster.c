@@ -247,9 +247,9 @@ static st_status_t engine_for(const cfg_t *c, uint32_t stages, st_engine_t **e,
             return st;
         st_cluster_pipeline(*cl, &pipe);
         ep.pipeline = &pipe;
-        st = st_engine_create(&ep, e, err);
+        st = st_engine_create(&ep, e, err);   /* owns the pipeline, even on failure */
         if (st != ST_OK)
-            pipe.ops->destroy(pipe.ctx);
+            *cl = NULL;
         return st;
     }
     if (stages > 0) {
@@ -267,9 +267,9 @@ static st_status_t engine_for(const cfg_t *c, uint32_t stages, st_engine_t **e,
             return st;
         *cl = pipe.ctx;
         ep.pipeline = &pipe;
-        st = st_engine_create(&ep, e, err);
+        st = st_engine_create(&ep, e, err);   /* owns the pipeline, even on failure */
         if (st != ST_OK)
-            pipe.ops->destroy(pipe.ctx);
+            *cl = NULL;
         return st;
     }
     return st_engine_create(&ep, e, err);

@@ -554,15 +554,13 @@ int st_cmd_coordinator(int argc, char **argv)
         st_cluster_pipeline(cluster, &pipe);
     }
     ep.model_path = cp.model_path;
-    ep.key_file = cp.key_file;   /* unused with the cluster pipeline: its model is shared */
     ep.n_ctx = cp.n_ctx;
     ep.n_slots = cp.n_slots;
     ep.max_batch = ST_MAX(cp.max_batch, cp.n_slots);
     ep.pipeline = &pipe;
     if (st_engine_create(&ep, &e, &err) != ST_OK) {
         fprintf(stderr, "strata coordinator: %s\n", err.msg);
-        pipe.ops->destroy(pipe.ctx);
-        goto out;
+        goto out;   /* the engine destroyed the pipeline it was handed */
     }
     if (req.prompt) {
         /* --repeat: the same request again after each completes (the fault

@@ -284,55 +284,11 @@ void st_tp_ep_on_hello(st_transport_ep_t *ep, const st_wire_hello_t *h)
     st_tp_push_event(t, &ev);
 }
 
-st_status_t st_tp_send_hello(st_transport_ep_t *ep)
-{
-    st_transport_t *t = ep->t;
-    st_wire_hello_t hello = {t->cfg.max_msg_size, t->cfg.ep_credits, 0};
-    st_wire_hdr_t hdr;
-    ucp_request_param_t p;
-    st_transport_req_t *r;
-    void *sr;
-
-    r = st_tp_req_get(t);
-    if (!r)
-        return ST_ERR_BUSY;
-    memset(&hdr, 0, sizeof(hdr));
-    hdr.type = ST_WIRE_HELLO;
-    hdr.payload_len = ST_WIRE_HELLO_SIZE;
-    st_wire_encode(&hdr, r->hdr);
-    st_wire_hello_encode(&hello, r->inline_payload);
-    r->ep = ep;
-    r->detached = 1;
-
-    memset(&p, 0, sizeof(p));
-    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
-                     UCP_OP_ATTR_FIELD_FLAGS;
-    p.cb.send      = st_tp_send_cb;
-    p.user_data    = r;
-    p.flags        = UCP_AM_SEND_FLAG_REPLY | UCP_AM_SEND_FLAG_EAGER;
-    sr = ucp_am_send_nbx(ep->uep, ST_TRANSPORT_AM_ID, r->hdr, ST_WIRE_HDR_SIZE,
-                         r->inline_payload, ST_WIRE_HELLO_SIZE, &p);
-    if (sr == NULL) {
-        st_tp_req_put(t, r);
-        return ST_OK;
-    }
-    if (UCS_PTR_IS_ERR(sr)) {
-        st_tp_req_put(t, r);
-        return map_ucs(UCS_PTR_STATUS(sr));
-    }
-    return ST_OK;     /* completes in st_tp_send_cb, which frees r */
-}
-
-uint32_t st_tp_credit_batch(const st_transport_t *t)
-{
-    /* Return credits in batches of a quarter: few CREDIT frames, and a
-     * sender never waits as long as the receiver keeps releasing. */
-    return t->cfg.ep_credits >= 4 ? t->cfg.ep_credits / 4 : 1;
-}
-
-/* Sends a payload-less frame of our own (CREDIT, BYE). ST_ERR_BUSY: no free
- * request, retry at the next progress. Never called inside a UCX callback. */
-static st_status_t send_internal(st_transport_ep_t *ep, uint8_t type, uint32_t seq)
+/* Sends a frame of our own: HELLO (with `hello`), CREDIT or BYE (no
+ * payload). ST_ERR_BUSY: no free request, retry at the next progress. Never
+ * called inside a UCX callback. */
+static st_status_t send_internal(st_transport_ep_t *ep, uint8_t type, uint32_t seq,
+                                 const st_wire_hello_t *hello)
 {
     st_transport_t *t = ep->t;
     ucp_request_param_t p;
@@ -346,7 +302,10 @@ static st_status_t send_internal(st_transport_ep_t *ep, uint8_t type, uint32_t s
     memset(&hdr, 0, sizeof(hdr));
     hdr.type = type;
     hdr.seq = seq;
+    hdr.payload_len = hello ? ST_WIRE_HELLO_SIZE : 0;
     st_wire_encode(&hdr, r->hdr);
+    if (hello)
+        st_wire_hello_encode(hello, r->inline_payload);
     r->ep = ep;
     r->detached = 1;
     memset(&p, 0, sizeof(p));
@@ -355,10 +314,24 @@ static st_status_t send_internal(st_transport_ep_t *ep, uint8_t type, uint32_t s
     p.cb.send      = st_tp_send_cb;
     p.user_data    = r;
     p.flags        = UCP_AM_SEND_FLAG_REPLY | UCP_AM_SEND_FLAG_EAGER;
-    sr = ucp_am_send_nbx(ep->uep, ST_TRANSPORT_AM_ID, r->hdr, ST_WIRE_HDR_SIZE, NULL, 0, &p);
+    sr = ucp_am_send_nbx(ep->uep, ST_TRANSPORT_AM_ID, r->hdr, ST_WIRE_HDR_SIZE,
+                         hello ? r->inline_payload : NULL, hdr.payload_len, &p);
     if (sr == NULL || UCS_PTR_IS_ERR(sr))
-        st_tp_req_put(t, r);
+        st_tp_req_put(t, r);   /* else it completes in st_tp_send_cb, which frees r */
     return UCS_PTR_IS_ERR(sr) ? map_ucs(UCS_PTR_STATUS(sr)) : ST_OK;
+}
+
+st_status_t st_tp_send_hello(st_transport_ep_t *ep)
+{
+    const st_wire_hello_t hello = {ep->t->cfg.max_msg_size, ep->t->cfg.ep_credits, 0};
+    return send_internal(ep, ST_WIRE_HELLO, 0, &hello);
+}
+
+uint32_t st_tp_credit_batch(const st_transport_t *t)
+{
+    /* Return credits in batches of a quarter: few CREDIT frames, and a
+     * sender never waits as long as the receiver keeps releasing. */
+    return t->cfg.ep_credits >= 4 ? t->cfg.ep_credits / 4 : 1;
 }
 
 /* Sends a CREDIT frame for the messages released since the last one. */
@@ -368,7 +341,7 @@ void st_tp_return_credits(st_transport_ep_t *ep)
 
     if (ep->state != EP_READY || !ep->uep || ep->rx_done == 0)
         return;
-    st = send_internal(ep, ST_WIRE_CREDIT, ep->rx_done);
+    st = send_internal(ep, ST_WIRE_CREDIT, ep->rx_done, NULL);
     if (st == ST_ERR_BUSY) {
         ep->t->pending_work = 1;    /* retry at the next progress */
     } else if (st == ST_OK) {
@@ -397,7 +370,7 @@ static void ep_begin_close(st_transport_ep_t *ep, uint64_t linger_ns)
 {
     if (!ep->uep)
         return;
-    if (ep->state == EP_READY && !ep->peer_bye && send_internal(ep, ST_WIRE_BYE, 0) == ST_OK) {
+    if (ep->state == EP_READY && !ep->peer_bye && send_internal(ep, ST_WIRE_BYE, 0, NULL) == ST_OK) {
         ep->bye_wait = 1;
         ep->bye_deadline = st_now_ns() + linger_ns;
     } else {
@@ -569,7 +542,7 @@ void st_tp_do_pending(st_transport_t *t)
         if (ep->state == EP_FREE)
             continue;
         if (ep->bye_ack_due && ep->uep) {
-            if (send_internal(ep, ST_WIRE_BYE, 1) == ST_ERR_BUSY)
+            if (send_internal(ep, ST_WIRE_BYE, 1, NULL) == ST_ERR_BUSY)
                 more = 1;
             else
                 ep->bye_ack_due = 0;

@@ -2,8 +2,9 @@
 a standalone coordinator planned over one worker serves a greedy request; a
 second worker joins; the coordinator logs the new two-stage plan, and the
 same request gives the same text, equal to `strata generate`'s."""
-import os
+import contextlib
 import subprocess
+import threading
 import time
 
 import pytest
@@ -31,12 +32,11 @@ def secret(tmp_path):
     return str(p)
 
 
-def test_second_worker_triggers_replan(strata, real_model, secret):
-    need_binary()
-    pytest.importorskip("requests")
-    ref = run([strata, "generate", "-m", real_model, "-p", PROMPT, "-n", str(N), "--temp", "0",
-               "--ignore-eos", "-t", "1"], timeout=120)
-    assert ref.returncode == 0, ref.stderr
+@contextlib.contextmanager
+def one_worker_cluster(strata, real_model, secret):
+    """A standalone coordinator (HTTP front door) serving over worker w0.
+    Yields (control port, HTTP port, stderr watch, worker list); workers
+    appended to the list are stopped with the coordinator."""
     port, http = free_port(), free_port()
     c = subprocess.Popen([strata, "coordinator", "-m", real_model, "--listen",
                           f"127.0.0.1:{port}", "--data-listen", "127.0.0.1:0", "--workers", "1",
@@ -50,15 +50,7 @@ def test_second_worker_triggers_replan(strata, real_model, secret):
         ws.append(worker(strata, port, secret, "w0"))
         watch.wait_for("cluster running: epoch 1:", 60)
         wait_listening(http)
-        first = complete(http)
-        assert first.strip()
-        ws.append(worker(strata, port, secret, "w1"))
-        watch.wait_for("cluster running: epoch 2:", 60)
-        line = [l for l in watch.text().splitlines() if "cluster running: epoch 2:" in l][0]
-        assert "w0[" in line and "w1[" in line, line   # two stages, both workers
-        second = complete(http)
-        assert second == first
-        assert first in ref.stdout, (first, ref.stdout)
+        yield port, http, watch, ws
     finally:
         c.terminate()
         try:
@@ -74,6 +66,29 @@ def test_second_worker_triggers_replan(strata, real_model, secret):
                 w.communicate()
 
 
+def reference(strata, real_model, n):
+    ref = run([strata, "generate", "-m", real_model, "-p", PROMPT, "-n", str(n), "--temp", "0",
+               "--ignore-eos", "-t", "1"], timeout=120)
+    assert ref.returncode == 0, ref.stderr
+    return ref.stdout
+
+
+def test_second_worker_triggers_replan(strata, real_model, secret):
+    need_binary()
+    pytest.importorskip("requests")
+    ref = reference(strata, real_model, N)
+    with one_worker_cluster(strata, real_model, secret) as (port, http, watch, ws):
+        first = complete(http)
+        assert first.strip()
+        ws.append(worker(strata, port, secret, "w1"))
+        watch.wait_for("cluster running: epoch 2:", 60)
+        line = [l for l in watch.text().splitlines() if "cluster running: epoch 2:" in l][0]
+        assert "w0[" in line and "w1[" in line, line   # two stages, both workers
+        second = complete(http)
+        assert second == first
+        assert first in ref, (first, ref)
+
+
 def test_join_while_requests_run_loses_no_request(strata, real_model, secret):
     """Two long greedy requests are running and a third arrives while a
     joining worker's re-plan drains the pipeline. Sequences whose KV cache
@@ -83,17 +98,8 @@ def test_join_while_requests_run_loses_no_request(strata, real_model, secret):
     need_binary()
     requests = pytest.importorskip("requests")
     n = 200
-    ref = run([strata, "generate", "-m", real_model, "-p", PROMPT, "-n", str(n), "--temp", "0",
-               "--ignore-eos", "-t", "1"], timeout=120)
-    assert ref.returncode == 0, ref.stderr
-    port, http = free_port(), free_port()
-    c = subprocess.Popen([strata, "coordinator", "-m", real_model, "--listen",
-                          f"127.0.0.1:{port}", "--data-listen", "127.0.0.1:0", "--workers", "1",
-                          "--secret-file", secret, "--join-timeout", "30", "--host", "127.0.0.1",
-                          "--port", str(http)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    watch = StderrWatch(c)
-    ws, results = [], {}
+    ref = reference(strata, real_model, n)
+    results = {}
 
     def one(k):
         r = requests.post(f"http://127.0.0.1:{http}/v1/completions",
@@ -102,12 +108,7 @@ def test_join_while_requests_run_loses_no_request(strata, real_model, secret):
         results[k] = (r.status_code, r.json()["choices"][0]["text"] if r.status_code == 200
                       else r.text)
 
-    import threading
-    try:
-        wait_listening(port)
-        ws.append(worker(strata, port, secret, "w0"))
-        watch.wait_for("cluster running: epoch 1:", 60)
-        wait_listening(http)
+    with one_worker_cluster(strata, real_model, secret) as (port, http, watch, ws):
         threads = [threading.Thread(target=one, args=(k,)) for k in range(2)]
         for t in threads:
             t.start()
@@ -123,17 +124,4 @@ def test_join_while_requests_run_loses_no_request(strata, real_model, secret):
         for k in range(3):
             code, text = results[k]
             assert code == 200, (k, text, watch.text()[-3000:])
-            assert text in ref.stdout and len(text) > 0.9 * len(ref.stdout.strip()), (k, text)
-    finally:
-        c.terminate()
-        try:
-            c.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            c.kill()
-            c.wait()
-        for w in ws:
-            try:
-                w.terminate()
-                w.wait(timeout=30)
-            except Exception:
-                w.kill()
+            assert text in ref and len(text) > 0.9 * len(ref.strip()), (k, text)
