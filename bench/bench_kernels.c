@@ -13,6 +13,11 @@
  * use them: matmul time only, without attention and the small ops; a
  * prompt needs logits for its last token only, so prefill counts the
  * output head at n = 1.
+ *
+ * `--types q4_k,q5_0,...` (or `all`) adds, per level, one line per weight
+ * type on a 576x1536 matrix (the ffn_down shape: its width suits every
+ * block size), replicated over ~96 MB for the n = 1 figure, so that types
+ * can be compared on the same shape.
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -43,6 +48,12 @@ static const shape_t shapes[] = {
 };
 #define N_SHAPES (sizeof shapes / sizeof shapes[0])
 #define PREFILL_N 128
+
+/* The per-type table: every weight type on one shape (--types). */
+#define TYPE_ROWS 576
+#define TYPE_COLS 1536
+#define TYPE_ARENA (96u << 20)
+#define MAX_TYPES 16
 
 typedef struct result {
     double dec_s, dec_gbps;      /* per matmul, n = 1, weights streamed */
@@ -85,6 +96,47 @@ static uint8_t *make_weights(const shape_t *sh, size_t *bytes, uint64_t *s)
     return w;
 }
 
+/* fp16 fields per block (byte offsets) of the block types: set to sane
+ * scales in a buffer of random bytes, as make_weights does. */
+static int f16_fields(int type, int off[2])
+{
+    switch (type) {
+    case ST_DTYPE_Q4_0: case ST_DTYPE_Q5_0: case ST_DTYPE_Q8_0:
+        off[0] = 0; return 1;
+    case ST_DTYPE_Q4_1: case ST_DTYPE_Q5_1: case ST_DTYPE_Q4_K: case ST_DTYPE_Q5_K:
+        off[0] = 0; off[1] = 2; return 2;
+    case ST_DTYPE_Q2_K: off[0] = 80; off[1] = 82; return 2;
+    case ST_DTYPE_Q3_K: off[0] = 108; return 1;
+    case ST_DTYPE_Q6_K: off[0] = 208; return 1;
+    default: return 0;
+    }
+}
+
+/* Makes the first `bytes` of the random arena valid weights of `type`:
+ * finite scales, and finite non-subnormal values for plain floats. */
+static void patch_arena(uint8_t *a, size_t bytes, int type, uint64_t *s)
+{
+    const st_dtype_traits_t *tr = st_dtype_traits((uint32_t)type);
+    int off[2], nf = f16_fields(type, off);
+    if (type == ST_DTYPE_F32) {
+        for (size_t i = 0; i + 4 <= bytes; i += 4) {
+            float v = frand(s);
+            memcpy(a + i, &v, 4);
+        }
+    } else if (type == ST_DTYPE_F16 || type == ST_DTYPE_BF16) {
+        for (size_t i = 0; i + 2 <= bytes; i += 2) {
+            uint16_t v = type == ST_DTYPE_F16 ? st_f32_to_fp16(frand(s)) : st_f32_to_bf16(frand(s));
+            memcpy(a + i, &v, 2);
+        }
+    } else {
+        for (size_t b = 0; b + tr->block_bytes <= bytes; b += tr->block_bytes)
+            for (int k = 0; k < nf; k++) {
+                uint16_t d = st_f32_to_fp16(0.01f + 0.01f * frand(s));
+                memcpy(a + b + off[k], &d, 2);
+            }
+    }
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -116,8 +168,48 @@ static double time_passes(st_backend_t *be, st_tensor_t *ws, int copies, const f
     return median(t, reps);
 }
 
+/* One per-type line: copies of a TYPE_ROWS x TYPE_COLS weight of `type`
+ * over the arena (patched for the type), timed like the model shapes. */
+static void bench_type(st_backend_t *be, int type, uint8_t *arena, const float *x, float *out,
+                       int min_reps, double min_s, result_t *r, uint64_t *seed)
+{
+    st_tensor_t *ws;
+    uint64_t rb = st_dtype_row_bytes((uint32_t)type, TYPE_COLS);
+    size_t bytes = (size_t)rb * TYPE_ROWS;
+    int copies = (int)(TYPE_ARENA / bytes), hot = ST_MIN(copies, 8);
+    double flops = 2.0 * TYPE_ROWS * TYPE_COLS * PREFILL_N;
+
+    ws = calloc((size_t)copies, sizeof *ws);
+    if (!ws) {
+        memset(r, 0, sizeof *r);
+        return;
+    }
+    patch_arena(arena, (size_t)copies * bytes, type, seed);
+    for (int c = 0; c < copies; c++) {
+        st_tensor_t *t = &ws[c];
+        t->name = "bench.type";
+        t->type = (st_dtype_t)type;
+        t->n_dims = 2;
+        t->ne[0] = TYPE_COLS;
+        t->ne[1] = TYPE_ROWS;
+        t->ne[2] = t->ne[3] = 1;
+        t->row_bytes = rb;
+        t->nbytes = bytes;
+        t->data = arena + (size_t)c * bytes;
+    }
+    r->dec_s = time_passes(be, ws, copies, x, 1, out, min_reps, min_s) / copies;
+    r->dec_gbps = (double)bytes / r->dec_s * 1e-9;
+    for (int c = 1; c < hot; c++)
+        ws[c] = ws[0];
+    r->hot_gbps = (double)bytes / (time_passes(be, ws, hot, x, 1, out, min_reps, min_s) / hot) * 1e-9;
+    r->pre_s = time_passes(be, ws, 1, x, PREFILL_N, out, min_reps, min_s);
+    r->pre_gflops = flops / r->pre_s * 1e-9;
+    free(ws);
+}
+
 static int bench_isa(st_cpu_isa_t isa, int threads, const float *x, float *out,
-                     st_tensor_t *const *ws, result_t *res, int quiet)
+                     st_tensor_t *const *ws, result_t *res, int quiet, const int *types,
+                     int n_types, uint8_t *arena, result_t *tres)
 {
     static const char *const env[] = {"scalar", "avx2", "avx512", "amx"};
     st_backend_params_t p = { .size = sizeof p, .n_threads = threads, .max_batch = PREFILL_N,
@@ -159,6 +251,15 @@ static int bench_isa(st_cpu_isa_t isa, int threads, const float *x, float *out,
             printf("%-34s %10.1f %9.1f %9.1f %11.3f %10.1f\n", sh->name, res[i].dec_s * 1e6,
                    res[i].dec_gbps, res[i].hot_gbps, res[i].pre_s * 1e3, res[i].pre_gflops);
     }
+    uint64_t seed = 7;
+    for (int i = 0; i < n_types; i++) {
+        char name[40];
+        bench_type(&be, types[i], arena, x, out, min_reps, min_s, &tres[i], &seed);
+        snprintf(name, sizeof name, "type %s %dx%d", st_dtype_name(types[i]), TYPE_ROWS, TYPE_COLS);
+        if (!quiet)
+            printf("%-34s %10.1f %9.1f %9.1f %11.3f %10.1f\n", name, tres[i].dec_s * 1e6,
+                   tres[i].dec_gbps, tres[i].hot_gbps, tres[i].pre_s * 1e3, tres[i].pre_gflops);
+    }
     st_backend_close(&be);
     return 0;
 }
@@ -175,14 +276,47 @@ static void model_times(const result_t *r, double *dec, double *pre)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: strata bench kernels [--threads N] [--isa scalar|avx2|avx512|amx] [--json]\n"
+    fprintf(f, "usage: strata bench kernels [--threads N] [--isa scalar|avx2|avx512|amx] "
+               "[--types LIST|all] [--json]\n"
                "  --threads N  backend threads including the caller (default: all cores)\n"
                "  --isa L      only this level (default: every level the CPU supports)\n"
-               "  --json       one JSON object on stdout instead of the table\n");
+               "  --types L    also every weight type in L (comma separated: q4_k,q5_0,...; all:\n"
+               "               every supported type) on a %dx%d matrix\n"
+               "  --json       one JSON object on stdout instead of the table\n", TYPE_ROWS, TYPE_COLS);
+}
+
+/* "q4_k,q5_0" or "all" -> type numbers; -1 on an unknown name. */
+static int parse_types(const char *list, int *types)
+{
+    int n = 0;
+    if (!strcmp(list, "all")) {
+        for (uint32_t t = 0; t < ST_DTYPE_COUNT_ && n < MAX_TYPES; t++)
+            if (st_dtype_valid(t))
+                types[n++] = (int)t;
+        return n;
+    }
+    while (*list) {
+        size_t len = strcspn(list, ",");
+        int found = -1;
+        for (uint32_t t = 0; t < ST_DTYPE_COUNT_; t++)
+            if (st_dtype_valid(t) && strlen(st_dtype_name(t)) == len &&
+                !strncmp(st_dtype_name(t), list, len))
+                found = (int)t;
+        if (found < 0 || n == MAX_TYPES) {
+            fprintf(stderr, "bench kernels: unknown weight type '%.*s'\n", (int)len, list);
+            return -1;
+        }
+        types[n++] = found;
+        list += len + (list[len] == ',');
+    }
+    return n;
 }
 
 int st_bench_kernels(int argc, char **argv)
 {
+    int types[MAX_TYPES], n_types = 0;
+    uint8_t *arena = NULL;
+    static result_t tres[ST_CPU_ISA_COUNT_][MAX_TYPES];
     int threads = 0, json = 0, only = -1, rc = 1;
     uint64_t seed = 42;
     st_tensor_t *ws[N_SHAPES] = {0};
@@ -194,6 +328,12 @@ int st_bench_kernels(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) {
             threads = atoi(argv[++i]);
+        } else if (!strcmp(argv[i], "--types") && i + 1 < argc) {
+            n_types = parse_types(argv[++i], types);
+            if (n_types < 0) {
+                usage(stderr);
+                return 2;
+            }
         } else if (!strcmp(argv[i], "--json")) {
             json = 1;
         } else if (!strcmp(argv[i], "--isa") && i + 1 < argc) {
@@ -218,12 +358,21 @@ int st_bench_kernels(int argc, char **argv)
         threads = n > 0 ? (int)n : 1;
     }
 
-    x = malloc((size_t)PREFILL_N * 1536 * sizeof *x);
+    x = aligned_alloc(64, (size_t)PREFILL_N * 1536 * sizeof *x);
     out = malloc((size_t)PREFILL_N * 49152 * sizeof *out);
     if (!x || !out)
         goto out;
     for (size_t i = 0; i < (size_t)PREFILL_N * 1536; i++)
         x[i] = frand(&seed) * 2.0f;
+    if (n_types > 0) {
+        arena = aligned_alloc(64, TYPE_ARENA);
+        if (!arena)
+            goto out;
+        for (size_t i = 0; i < TYPE_ARENA; i += 8) {
+            uint64_t v = rng(&seed);
+            memcpy(arena + i, &v, 8);
+        }
+    }
     for (size_t i = 0; i < N_SHAPES; i++) {
         const shape_t *sh = &shapes[i];
         ws[i] = calloc((size_t)sh->count, sizeof *ws[i]);
@@ -267,7 +416,8 @@ int st_bench_kernels(int argc, char **argv)
     for (int isa = 0; isa < ST_CPU_ISA_COUNT_; isa++) {
         if ((only >= 0 && isa != only) || !st_cpu_isa_supported((st_cpu_isa_t)isa))
             continue;
-        if (bench_isa((st_cpu_isa_t)isa, threads, x, out, ws, res[isa], json) != 0)
+        if (bench_isa((st_cpu_isa_t)isa, threads, x, out, ws, res[isa], json, types, n_types,
+                      arena, tres[isa]) != 0)
             goto out;
         ran[isa] = 1;
         double dec = 0, pre = 0;
@@ -300,6 +450,15 @@ int st_bench_kernels(int argc, char **argv)
                        shapes[i].cols, shapes[i].count, r->dec_s * 1e6, r->dec_gbps, r->hot_gbps, r->pre_s * 1e3,
                        r->pre_gflops);
             }
+            printf("],\"types\":[");
+            for (int i = 0; i < n_types; i++) {
+                const result_t *r = &tres[isa][i];
+                printf("%s{\"type\":\"%s\",\"rows\":%d,\"cols\":%d,\"decode_us\":%.3f,"
+                       "\"decode_gbps\":%.3f,\"hot_gbps\":%.3f,\"prefill_ms\":%.4f,"
+                       "\"prefill_gflops\":%.3f}", i ? "," : "", st_dtype_name(types[i]),
+                       TYPE_ROWS, TYPE_COLS, r->dec_s * 1e6, r->dec_gbps, r->hot_gbps,
+                       r->pre_s * 1e3, r->pre_gflops);
+            }
             printf("],\"model_decode_ms\":%.4f,\"model_decode_tps\":%.1f,"
                    "\"model_prefill_ms\":%.3f,\"model_prefill_tps\":%.1f}",
                    dec * 1e3, 1.0 / dec, pre * 1e3, PREFILL_N / pre);
@@ -317,6 +476,7 @@ out:
             free((void *)ws[i][c].data);
         free(ws[i]);
     }
+    free(arena);
     free(x);
     free(out);
     return rc;

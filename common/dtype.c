@@ -8,7 +8,13 @@ static const st_dtype_traits_t dtype_table[ST_DTYPE_COUNT_] = {
     [ST_DTYPE_F16]  = {"f16",  1,   2},
     [ST_DTYPE_Q4_0] = {"q4_0", 32,  18},
     [ST_DTYPE_Q4_1] = {"q4_1", 32,  20},
+    [ST_DTYPE_Q5_0] = {"q5_0", 32,  22},
+    [ST_DTYPE_Q5_1] = {"q5_1", 32,  24},
     [ST_DTYPE_Q8_0] = {"q8_0", 32,  34},
+    [ST_DTYPE_Q2_K] = {"q2_k", 256, 84},
+    [ST_DTYPE_Q3_K] = {"q3_k", 256, 110},
+    [ST_DTYPE_Q4_K] = {"q4_k", 256, 144},
+    [ST_DTYPE_Q5_K] = {"q5_k", 256, 176},
     [ST_DTYPE_Q6_K] = {"q6_k", 256, 210},
     [ST_DTYPE_BF16] = {"bf16", 1,   2},
 };
@@ -93,6 +99,157 @@ static inline uint16_t rd16(const uint8_t *p)
     return v;
 }
 
+static inline uint32_t rd32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* Q5_0 (offset -16) and Q5_1 (offset m): the fifth bit of element j is
+ * bit j of qh, for j = 0..31 (low nibbles are 0..15, high 16..31). */
+static void deq_q5(const uint8_t *b, float *y, int has_m)
+{
+    float d = st_fp16_to_f32(rd16(b));
+    float m = has_m ? st_fp16_to_f32(rd16(b + 2)) : 0.0f;
+    uint32_t qh = rd32(b + (has_m ? 4 : 2));
+    const uint8_t *qs = b + (has_m ? 8 : 6);
+
+    for (int j = 0; j < 16; j++) {
+        int lo = (qs[j] & 0xF) | (int)(((qh >> j) & 1u) << 4);
+        int hi = (qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1u) << 4);
+        if (has_m) {
+            y[j]      = d * (float)lo + m;
+            y[j + 16] = d * (float)hi + m;
+        } else {
+            y[j]      = d * (float)(lo - 16);
+            y[j + 16] = d * (float)(hi - 16);
+        }
+    }
+}
+
+void st_dtype_kq_scales(uint32_t type, const void *block, float D[16], float O[16])
+{
+    const uint8_t *b = block;
+
+    switch (type) {
+    case ST_DTYPE_Q2_K: {
+        /* scales[i]: low nibble the scale, high nibble the min of 16 values */
+        float d = st_fp16_to_f32(rd16(b + 80)), dmin = st_fp16_to_f32(rd16(b + 82));
+        for (int i = 0; i < 16; i++) {
+            D[i] = d * (float)(b[i] & 0xF);
+            O[i] = -(dmin * (float)(b[i] >> 4));
+        }
+        break;
+    }
+    case ST_DTYPE_Q3_K: {
+        /* 16 six-bit scales: low 4 bits in the nibbles of bytes 0..7
+         * (scales 0..7 low halves, 8..15 high halves), top 2 bits in
+         * bytes 8..11, byte 8 + i%4 at bit 2*(i/4); stored biased by 32. */
+        const uint8_t *sc = b + 96;
+        float d = st_fp16_to_f32(rd16(b + 108));
+        for (int i = 0; i < 16; i++) {
+            int lo = i < 8 ? sc[i] & 0xF : sc[i - 8] >> 4;
+            int hi = (sc[8 + (i & 3)] >> (2 * (i >> 2))) & 3;
+            D[i] = d * (float)((lo | (hi << 4)) - 32);
+            O[i] = -4.0f * D[i];
+        }
+        break;
+    }
+    case ST_DTYPE_Q4_K:
+    case ST_DTYPE_Q5_K: {
+        /* 8 (scale, min) pairs of 6 bits: pairs 0..3 in the low 6 bits of
+         * bytes 0..3 / 4..7; pairs 4..7 take their low 4 bits from the
+         * nibbles of bytes 8..11 and their top 2 bits from the top of
+         * bytes 0..3 (scale) and 4..7 (min). Sub-block j covers 32 values,
+         * both halves of 16 get the same pair. */
+        const uint8_t *sc = b + 4;
+        float d = st_fp16_to_f32(rd16(b)), dmin = st_fp16_to_f32(rd16(b + 2));
+        for (int j = 0; j < 8; j++) {
+            int s, m;
+            if (j < 4) {
+                s = sc[j] & 63;
+                m = sc[j + 4] & 63;
+            } else {
+                s = (sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4);
+                m = (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4);
+            }
+            D[2 * j] = D[2 * j + 1] = d * (float)s;
+            O[2 * j] = O[2 * j + 1] = -(dmin * (float)m);
+        }
+        break;
+    }
+    default:
+        for (int i = 0; i < 16; i++)
+            D[i] = O[i] = 0.0f;
+        break;
+    }
+}
+
+void st_dtype_kq_unit(uint32_t type, const void *block, int c, uint8_t u[32])
+{
+    const uint8_t *b = block;
+
+    switch (type) {
+    case ST_DTYPE_Q2_K: {
+        /* values 128h..128h+127 come from qs[32h..32h+31], two bits each,
+         * chunk c = 4h + j at bit 2j */
+        const uint8_t *q = b + 16 + 32 * (c >> 2);
+        int sh = 2 * (c & 3);
+        for (int l = 0; l < 32; l++)
+            u[l] = (uint8_t)((q[l] >> sh) & 3);
+        break;
+    }
+    case ST_DTYPE_Q3_K: {
+        /* as Q2_K for the low two bits (qs at 32); the third is bit c of
+         * hmask[l] */
+        const uint8_t *q = b + 32 + 32 * (c >> 2);
+        int sh = 2 * (c & 3);
+        for (int l = 0; l < 32; l++)
+            u[l] = (uint8_t)(((q[l] >> sh) & 3) | (((b[l] >> c) & 1) << 2));
+        break;
+    }
+    case ST_DTYPE_Q4_K: {
+        /* chunks 2i and 2i+1 are the low and high nibbles of qs[32i..] */
+        const uint8_t *q = b + 16 + 32 * (c >> 1);
+        int sh = 4 * (c & 1);
+        for (int l = 0; l < 32; l++)
+            u[l] = (uint8_t)((q[l] >> sh) & 0xF);
+        break;
+    }
+    case ST_DTYPE_Q5_K: {
+        /* as Q4_K (qs at 48), fifth bit = bit c of qh[l] */
+        const uint8_t *q = b + 48 + 32 * (c >> 1);
+        int sh = 4 * (c & 1);
+        for (int l = 0; l < 32; l++)
+            u[l] = (uint8_t)(((q[l] >> sh) & 0xF) | (((b[16 + l] >> c) & 1) << 4));
+        break;
+    }
+    default:
+        memset(u, 0, 32);
+        break;
+    }
+}
+
+/* K types other than Q6_K: chunk c of 32 values is D*u + O per half of 16. */
+static void deq_kq(uint32_t type, const uint8_t *b, float *y)
+{
+    float D[16], O[16];
+    uint8_t u[32];
+
+    st_dtype_kq_scales(type, b, D, O);
+    for (int c = 0; c < 8; c++) {
+        st_dtype_kq_unit(type, b, c, u);
+        for (int l = 0; l < 32; l++) {
+            int h = 2 * c + (l >> 4);
+            /* llama.cpp's roundings: Q3_K scales the offset value, the
+             * others subtract the rounded min from the rounded product */
+            y[32 * c + l] = type == ST_DTYPE_Q3_K ? D[h] * (float)((int)u[l] - 4)
+                                                  : D[h] * (float)u[l] + O[h];
+        }
+    }
+}
+
 static void deq_q6_k(const uint8_t *b, float *y)
 {
     const uint8_t *ql = b, *qh = b + 128;
@@ -155,6 +312,23 @@ void st_dtype_dequantize_row(uint32_t type, const void *src, float *dst, uint64_
                 dst[i + j] = d * (float)(int8_t)s[2 + j];
         }
         break;
+    case ST_DTYPE_Q5_0:
+        for (i = 0; i < n; i += 32, s += 22)
+            deq_q5(s, dst + i, 0);
+        break;
+    case ST_DTYPE_Q5_1:
+        for (i = 0; i < n; i += 32, s += 24)
+            deq_q5(s, dst + i, 1);
+        break;
+    case ST_DTYPE_Q2_K:
+    case ST_DTYPE_Q3_K:
+    case ST_DTYPE_Q4_K:
+    case ST_DTYPE_Q5_K: {
+        const uint32_t bb = dtype_table[type].block_bytes;
+        for (i = 0; i < n; i += 256, s += bb)
+            deq_kq(type, s, dst + i);
+        break;
+    }
     case ST_DTYPE_Q6_K:
         for (i = 0; i < n; i += 256, s += 210)
             deq_q6_k(s, dst + i);

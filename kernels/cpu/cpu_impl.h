@@ -41,6 +41,15 @@
  * Scales below ~1e-34 lose precision in d2 (a subnormal) and blocks whose
  * d2 underflows to zero read as zero: far below anything a model produces.
  *
+ * Float-activation formulation (Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K:
+ * st_cpu_kq_type). These weights are decoded block by block in registers
+ * (kern_kq.h: w = fma(u, D, O) per chunk of 32) and multiplied with the
+ * float activations as they are: no activation quantization, no
+ * dequantized copy of the weights. A (row, token) element accumulates its
+ * chunks into a fixed set of vector accumulators in chunk order whatever
+ * n; larger n decodes a row once into per-thread scratch (the same floats)
+ * and walks the tokens a few at a time, so results are batch invariant.
+ *
  * Activation row layout (one row per token, `stride` bytes, 64-aligned),
  * blocks taken in pairs (b0 = 2p, b1 = 2p + 1; a missing last b1 is zero):
  *   q    [np][64] int8: b0 q0..15 | b1 q0..15 | b0 q16..31 | b1 q16..31
@@ -113,6 +122,29 @@ static inline int st_qblock_bytes(int type)
     return type == ST_DTYPE_Q4_1 ? 20 : type == ST_DTYPE_Q4_0 ? 18 : 34;
 }
 
+/* Rows a kgemv decodes into scratch at once for n beyond its register
+ * tile; the driver's per-thread scratch holds ST_KQ_ROWS * max_cols floats. */
+#define ST_KQ_ROWS 16
+
+/* Weight types of the float-activation kernels (kgemv). */
+static inline int st_cpu_kq_type(int type)
+{
+    return type == ST_DTYPE_Q5_0 || type == ST_DTYPE_Q5_1 || type == ST_DTYPE_Q2_K ||
+           type == ST_DTYPE_Q3_K || type == ST_DTYPE_Q4_K || type == ST_DTYPE_Q5_K;
+}
+
+/* One float-activation matmul call (kgemv) as the kernels see it. */
+typedef struct st_kmm_args {
+    int            type;       /* st_cpu_kq_type */
+    const uint8_t *w;          /* row 0 of the weights */
+    size_t         w_stride;   /* bytes per weight row */
+    int            cols;       /* a multiple of the type's block size */
+    const float   *x;          /* [n][cols] activations */
+    int            n;
+    float         *out;        /* out[t * ldo + r] */
+    int            ldo;
+} st_kmm_args_t;
+
 /* One integer-matmul call as the kernels see it. */
 typedef struct st_qmm_args {
     int            type;       /* ST_DTYPE_Q4_0, Q4_1 or Q8_0 */
@@ -156,6 +188,12 @@ typedef struct st_cpu_kernels {
     size_t (*repack_bytes)(int n_pad, const st_q8_layout_t *L);
     int repack_min_n;
     int repack_align;
+    /* Optional: out for rows [r0, r1) and all n tokens of a st_cpu_kq_type
+     * weight, decoded in place against float activations; scratch holds
+     * ST_KQ_ROWS * cols floats (64-aligned; cols is a multiple of 32). Each (row, token) element must get the
+     * same float operations whatever n. NULL: the driver dequantizes each
+     * row (dequant_row) and uses dot_f32, as for F16/BF16/Q6_K. */
+    void (*kgemv)(const st_kmm_args_t *a, int r0, int r1, float *scratch);
     /* Dequantize one weight row of n values (F16, BF16, Q6_K, ...). */
     void (*dequant_row)(int type, const void *src, float *dst, int n);
     float (*dot_f32)(const float *a, const float *b, int n);

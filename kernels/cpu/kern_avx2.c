@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "cpu_impl.h"
+#include "kern_kq.h"
 
 #define INLINE static inline __attribute__((always_inline))
 
@@ -390,6 +391,134 @@ static float exp_sum_avx2(float *x, float mx, int n)
     return sum;
 }
 
+/* ---- float-activation matmul: Q5_0, Q5_1, Q2_K..Q5_K (kern_kq.h) ----
+ * As in kern_avx512.c: four accumulators per token (vector k of a chunk
+ * adds to accumulator k), 2 tokens per pass; n <= 2 decodes in registers,
+ * larger n decodes a row once into scratch (the same floats). */
+
+#define KQ_T256 2
+
+INLINE void kq_w256(int type, const uint8_t *b, int c, const float *D, const float *O,
+                    __m256 w[4])
+{
+    const int h = kq_block_elems(type) == 32 ? 0 : 2 * c;
+    const __m256 d0 = _mm256_set1_ps(D[h]), o0 = _mm256_set1_ps(O[h]);
+    const __m256 d1 = _mm256_set1_ps(D[h + 1]), o1 = _mm256_set1_ps(O[h + 1]);
+    __m128i lo, hi;
+    kq_u8(type, b, c, &lo, &hi);
+    w[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), d0, o0);
+    w[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), d0, o0);
+    w[2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), d1, o1);
+    w[3] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), d1, o1);
+}
+
+INLINE void kq_acc256(__m256 acc[][4], int nt, const __m256 w[4], const float *x, size_t ldx, int c)
+{
+    for (int t = 0; t < nt; t++) {
+        const float *xt = x + (size_t)t * ldx + 32 * (size_t)c;
+        for (int k = 0; k < 4; k++)
+            acc[t][k] = _mm256_fmadd_ps(w[k], _mm256_loadu_ps(xt + 8 * k), acc[t][k]);
+    }
+}
+
+/* out[t * ldo] for nt (<= KQ_T256) tokens of one row: decoded from its
+ * blocks wr, or (wr == NULL) read from the row already decoded into wf. */
+INLINE void kq_row256(int type, const uint8_t *wr, const float *wf, int cols, const float *x,
+                      size_t ldx, int nt, float *o, int ldo)
+{
+    const int be = kq_block_elems(type), bb = kq_block_bytes(type), cpb = be / 32;
+    __m256 acc[KQ_T256][4];
+
+    for (int t = 0; t < nt; t++)
+        for (int k = 0; k < 4; k++)
+            acc[t][k] = _mm256_setzero_ps();
+    if (wr) {
+        for (int blk = 0; blk < cols / be; blk++) {
+            const uint8_t *b = wr + (size_t)blk * bb;
+            float D[16], O[16];
+            for (int l = 0; l < bb; l += 64)
+                _mm_prefetch((const char *)b + ST_GEMV_PREFETCH + l, ST_GEMV_PF_HINT);
+            kq_scales(type, b, D, O);
+            for (int cc = 0; cc < cpb; cc++) {
+                __m256 w[4];
+                kq_w256(type, b, cc, D, O, w);
+                kq_acc256(acc, nt, w, x, ldx, blk * cpb + cc);
+            }
+        }
+    } else {
+        for (int c = 0; c < cols / 32; c++) {
+            __m256 w[4];
+            for (int k = 0; k < 4; k++)
+                w[k] = _mm256_load_ps(wf + 32 * c + 8 * k);
+            kq_acc256(acc, nt, w, x, ldx, c);
+        }
+    }
+    for (int t = 0; t < nt; t++)
+        o[(size_t)t * ldo] = hsum256(_mm256_add_ps(_mm256_add_ps(acc[t][0], acc[t][1]),
+                                                   _mm256_add_ps(acc[t][2], acc[t][3])));
+}
+
+INLINE void kgemv256_type(int type, const st_kmm_args_t *a, int r0, int r1, float *scratch)
+{
+    const int be = kq_block_elems(type), bb = kq_block_bytes(type), cpb = be / 32;
+    if (a->n <= 2) {
+        for (int r = r0; r < r1; r++) {
+            const uint8_t *wr = a->w + (size_t)r * a->w_stride;
+            if (a->n == 1)
+                kq_row256(type, wr, NULL, a->cols, a->x, (size_t)a->cols, 1, a->out + r, a->ldo);
+            else
+                kq_row256(type, wr, NULL, a->cols, a->x, (size_t)a->cols, 2, a->out + r, a->ldo);
+        }
+        return;
+    }
+    /* larger n: ST_KQ_ROWS rows decoded into scratch, walked per 2 tokens
+     * (the tokens' activations stay in L1; see kern_avx512.c) */
+    for (int rg = r0; rg < r1; rg += ST_KQ_ROWS) {
+        const int nr = ST_MIN(ST_KQ_ROWS, r1 - rg);
+        for (int rr = 0; rr < nr; rr++) {
+            const uint8_t *wr = a->w + (size_t)(rg + rr) * a->w_stride;
+            for (int blk = 0; blk < a->cols / be; blk++) {
+                const uint8_t *b = wr + (size_t)blk * bb;
+                float D[16], O[16];
+                kq_scales(type, b, D, O);
+                for (int cc = 0; cc < cpb; cc++) {
+                    __m256 w[4];
+                    float *wf = scratch + (size_t)rr * a->cols + 32 * (size_t)(blk * cpb + cc);
+                    kq_w256(type, b, cc, D, O, w);
+                    for (int k = 0; k < 4; k++)
+                        _mm256_store_ps(wf + 8 * k, w[k]);
+                }
+            }
+        }
+        for (int t0 = 0; t0 < a->n; t0 += 2) {
+            const int nt = ST_MIN(2, a->n - t0);
+            for (int rr = 0; rr < nr; rr++) {
+                const float *wf = scratch + (size_t)rr * a->cols;
+                float *o = a->out + (size_t)t0 * a->ldo + rg + rr;
+                if (nt == 2)
+                    kq_row256(type, NULL, wf, a->cols, a->x + (size_t)t0 * a->cols, (size_t)a->cols,
+                              2, o, a->ldo);
+                else
+                    kq_row256(type, NULL, wf, a->cols, a->x + (size_t)t0 * a->cols, (size_t)a->cols,
+                              1, o, a->ldo);
+            }
+        }
+    }
+}
+
+static void kgemv_avx2(const st_kmm_args_t *a, int r0, int r1, float *scratch)
+{
+    switch (a->type) {
+    case ST_DTYPE_Q5_0: kgemv256_type(ST_DTYPE_Q5_0, a, r0, r1, scratch); break;
+    case ST_DTYPE_Q5_1: kgemv256_type(ST_DTYPE_Q5_1, a, r0, r1, scratch); break;
+    case ST_DTYPE_Q2_K: kgemv256_type(ST_DTYPE_Q2_K, a, r0, r1, scratch); break;
+    case ST_DTYPE_Q3_K: kgemv256_type(ST_DTYPE_Q3_K, a, r0, r1, scratch); break;
+    case ST_DTYPE_Q4_K: kgemv256_type(ST_DTYPE_Q4_K, a, r0, r1, scratch); break;
+    case ST_DTYPE_Q5_K: kgemv256_type(ST_DTYPE_Q5_K, a, r0, r1, scratch); break;
+    default: break;
+    }
+}
+
 static void dequant_row_avx2(int type, const void *src, float *dst, int n)
 {
     const uint16_t *h = src;
@@ -422,6 +551,7 @@ static const st_cpu_kernels_t kernels_avx2 = {
     .qgemm = NULL,
     .qgemm_scratch = NULL,
     .tile_min_n = 0,
+    .kgemv = kgemv_avx2,
     .dequant_row = dequant_row_avx2,
     .dot_f32 = dot_f32_avx2,
     .sumsq_f32 = sumsq_f32_avx2,

@@ -25,6 +25,7 @@
 
 #include "cpu_impl.h"
 
+#include "kern_kq.h"
 #include "kern_x86.h"
 
 /* Lane sums of four vectors at once, [sum a0, sum a1, sum a2, sum a3]. Each
@@ -592,6 +593,179 @@ static void attn_head_avx512(const float *q, const float *k, const float *v, siz
         attn_head_n(q, k, v, kv_stride, npos, head_dim / 16, scale, out);
 }
 
+/* ---- float-activation matmul: Q5_0, Q5_1, Q2_K..Q5_K (kern_kq.h) ---- */
+
+#define KQ_T512 4   /* tokens per pass over a row: 16 accumulators */
+
+/* The 32 weights of chunk c of block b (its (D, O) pairs given). */
+INLINE void kq_w512(int type, const uint8_t *b, int c, const float *D, const float *O,
+                    __m512 *w0, __m512 *w1)
+{
+    const int h = kq_block_elems(type) == 32 ? 0 : 2 * c;
+    __m512i u0, u1;
+    if (type == ST_DTYPE_Q5_0 || type == ST_DTYPE_Q5_1) {
+        /* the fifth bits straight from qh as lane masks */
+        const int off = type == ST_DTYPE_Q5_1 ? 4 : 2;
+        const uint32_t qh = kq_rd32(b + off);
+        const __m128i m4 = _mm_set1_epi8(0x0F);
+        const __m512i v16 = _mm512_set1_epi32(16);
+        __m128i q = _mm_loadu_si128((const __m128i *)(b + off + 4));
+        u0 = _mm512_cvtepu8_epi32(_mm_and_si128(q, m4));
+        u1 = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(q, 4), m4));
+        u0 = _mm512_mask_or_epi32(u0, (__mmask16)(qh & 0xFFFF), u0, v16);
+        u1 = _mm512_mask_or_epi32(u1, (__mmask16)(qh >> 16), u1, v16);
+    } else {
+        __m128i lo, hi;
+        kq_u8(type, b, c, &lo, &hi);
+        u0 = _mm512_cvtepu8_epi32(lo);
+        u1 = _mm512_cvtepu8_epi32(hi);
+    }
+    *w0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(u0), _mm512_set1_ps(D[h]), _mm512_set1_ps(O[h]));
+    *w1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(u1), _mm512_set1_ps(D[h + 1]), _mm512_set1_ps(O[h + 1]));
+}
+
+/* Chunk c of nt tokens: even chunks add to accumulators 0 and 1, odd ones
+ * to 2 and 3 (four chains per token, so one token alone still overlaps
+ * its FMAs). The same for every nt. */
+INLINE void kq_acc512(__m512 acc[][4], int nt, __m512 w0, __m512 w1, const float *x, size_t ldx,
+                      int c, int a)
+{
+    for (int t = 0; t < nt; t++) {
+        const float *xt = x + (size_t)t * ldx + 32 * (size_t)c;
+        acc[t][a] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xt), acc[t][a]);
+        acc[t][a + 1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xt + 16), acc[t][a + 1]);
+    }
+}
+
+/* out[t * ldo] for nt (<= KQ_T512) tokens of one row: decoded from its
+ * blocks wr, or (wr == NULL) read from the row already decoded into wf. */
+INLINE void kq_row512(int type, const uint8_t *wr, const float *wf, int cols, const float *x,
+                      size_t ldx, int nt, float *o, int ldo)
+{
+    const int be = kq_block_elems(type), bb = kq_block_bytes(type), cpb = be / 32;
+    __m512 acc[KQ_T512][4];
+
+    for (int t = 0; t < nt; t++)
+        for (int k = 0; k < 4; k++)
+            acc[t][k] = _mm512_setzero_ps();
+    /* The accumulator pair (0 or 2) is spelled out as a constant, chunks
+     * two at a time: an index computed from c kept the accumulators in
+     * memory. A row of Q5 blocks may end on an even chunk. */
+    if (wr && cpb == 8) {
+        for (int blk = 0; blk < cols / be; blk++) {
+            const uint8_t *b = wr + (size_t)blk * bb;
+            float D[16], O[16];
+            for (int l = 0; l < bb; l += 64)
+                _mm_prefetch((const char *)b + ST_GEMV_PREFETCH + l, ST_GEMV_PF_HINT);
+            kq_scales(type, b, D, O);
+            for (int cc = 0; cc < cpb; cc += 2) {
+                __m512 w0, w1;
+                kq_w512(type, b, cc, D, O, &w0, &w1);
+                kq_acc512(acc, nt, w0, w1, x, ldx, blk * cpb + cc, 0);
+                kq_w512(type, b, cc + 1, D, O, &w0, &w1);
+                kq_acc512(acc, nt, w0, w1, x, ldx, blk * cpb + cc + 1, 2);
+            }
+        }
+    } else if (wr) {
+        const int nb = cols / 32;
+        for (int blk = 0; blk < nb; blk += 2) {
+            for (int k = 0; k < 2 && blk + k < nb; k++) {
+                const uint8_t *b = wr + (size_t)(blk + k) * bb;
+                float D[2], O[2];
+                __m512 w0, w1;
+                _mm_prefetch((const char *)b + ST_GEMV_PREFETCH, ST_GEMV_PF_HINT);
+                kq_scales(type, b, D, O);
+                kq_w512(type, b, 0, D, O, &w0, &w1);
+                if (k == 0)
+                    kq_acc512(acc, nt, w0, w1, x, ldx, blk, 0);
+                else
+                    kq_acc512(acc, nt, w0, w1, x, ldx, blk + 1, 2);
+            }
+        }
+    } else {
+        const int nc = cols / 32;
+        int c = 0;
+        for (; c + 2 <= nc; c += 2) {
+            kq_acc512(acc, nt, _mm512_load_ps(wf + 32 * c), _mm512_load_ps(wf + 32 * c + 16), x,
+                      ldx, c, 0);
+            kq_acc512(acc, nt, _mm512_load_ps(wf + 32 * c + 32), _mm512_load_ps(wf + 32 * c + 48),
+                      x, ldx, c + 1, 2);
+        }
+        if (c < nc)
+            kq_acc512(acc, nt, _mm512_load_ps(wf + 32 * c), _mm512_load_ps(wf + 32 * c + 16), x,
+                      ldx, c, 0);
+    }
+    for (int t = 0; t < nt; t++)
+        o[(size_t)t * ldo] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]),
+                                                                _mm512_add_ps(acc[t][2], acc[t][3])));
+}
+
+INLINE void kq_row512_n(int type, const uint8_t *wr, const float *wf, int cols, const float *x,
+                        size_t ldx, int nt, float *o, int ldo)
+{
+    switch (nt) {   /* a constant nt keeps the accumulators in registers */
+    case 1:  kq_row512(type, wr, wf, cols, x, ldx, 1, o, ldo); break;
+    case 2:  kq_row512(type, wr, wf, cols, x, ldx, 2, o, ldo); break;
+    case 3:  kq_row512(type, wr, wf, cols, x, ldx, 3, o, ldo); break;
+    default: kq_row512(type, wr, wf, cols, x, ldx, 4, o, ldo); break;
+    }
+}
+
+/* n <= KQ_T512 decodes in registers as it goes (decode: the weights are
+ * read once). Larger n decodes ST_KQ_ROWS rows once into scratch (exactly
+ * the same floats) and walks them per group of 4 tokens, so the group's
+ * activations stay in L1 while the decoded rows come from L2: walking
+ * one row against all tokens instead streamed every token's activations
+ * from L2 per row and ran at half the speed (31 against ~60 GFLOP/s,
+ * bench kernels --types, 576x1536, n = 128). */
+INLINE void kgemv512_type(int type, const st_kmm_args_t *a, int r0, int r1, float *scratch)
+{
+    const int be = kq_block_elems(type), bb = kq_block_bytes(type), cpb = be / 32;
+    if (a->n <= KQ_T512) {
+        for (int r = r0; r < r1; r++)
+            kq_row512_n(type, a->w + (size_t)r * a->w_stride, NULL, a->cols, a->x, (size_t)a->cols,
+                        a->n, a->out + r, a->ldo);
+        return;
+    }
+    for (int rg = r0; rg < r1; rg += ST_KQ_ROWS) {
+        const int nr = ST_MIN(ST_KQ_ROWS, r1 - rg);
+        for (int rr = 0; rr < nr; rr++) {
+            const uint8_t *wr = a->w + (size_t)(rg + rr) * a->w_stride;
+            float *wrow = scratch + (size_t)rr * a->cols;
+            for (int blk = 0; blk < a->cols / be; blk++) {
+                const uint8_t *b = wr + (size_t)blk * bb;
+                float D[16], O[16];
+                kq_scales(type, b, D, O);
+                for (int cc = 0; cc < cpb; cc++) {
+                    __m512 w0, w1;
+                    float *wf = wrow + 32 * (size_t)(blk * cpb + cc);
+                    kq_w512(type, b, cc, D, O, &w0, &w1);
+                    _mm512_store_ps(wf, w0);
+                    _mm512_store_ps(wf + 16, w1);
+                }
+            }
+        }
+        for (int t0 = 0; t0 < a->n; t0 += KQ_T512)
+            for (int rr = 0; rr < nr; rr++)
+                kq_row512_n(type, NULL, scratch + (size_t)rr * a->cols, a->cols,
+                            a->x + (size_t)t0 * a->cols, (size_t)a->cols, ST_MIN(KQ_T512, a->n - t0),
+                            a->out + (size_t)t0 * a->ldo + rg + rr, a->ldo);
+    }
+}
+
+static void kgemv_avx512(const st_kmm_args_t *a, int r0, int r1, float *scratch)
+{
+    switch (a->type) {
+    case ST_DTYPE_Q5_0: kgemv512_type(ST_DTYPE_Q5_0, a, r0, r1, scratch); break;
+    case ST_DTYPE_Q5_1: kgemv512_type(ST_DTYPE_Q5_1, a, r0, r1, scratch); break;
+    case ST_DTYPE_Q2_K: kgemv512_type(ST_DTYPE_Q2_K, a, r0, r1, scratch); break;
+    case ST_DTYPE_Q3_K: kgemv512_type(ST_DTYPE_Q3_K, a, r0, r1, scratch); break;
+    case ST_DTYPE_Q4_K: kgemv512_type(ST_DTYPE_Q4_K, a, r0, r1, scratch); break;
+    case ST_DTYPE_Q5_K: kgemv512_type(ST_DTYPE_Q5_K, a, r0, r1, scratch); break;
+    default: break;
+    }
+}
+
 static void dequant_row_avx512(int type, const void *src, float *dst, int n)
 {
     const uint16_t *h = src;
@@ -624,6 +798,7 @@ static const st_cpu_kernels_t kernels_avx512 = {
     .qgemm = NULL,
     .qgemm_scratch = qt_scratch,
     .tile_min_n = 0,
+    .kgemv = kgemv_avx512,
     .dequant_row = dequant_row_avx512,
     .dot_f32 = dot_f32_avx512,
     .sumsq_f32 = sumsq_f32_avx512,

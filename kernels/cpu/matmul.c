@@ -3,6 +3,9 @@
  * and batch size, quantizes the activations once per call and splits the
  * output rows over the pool.
  *
+ * Q5_0, Q5_1 and Q2_K..Q5_K keep float activations (kgemv, cpu_impl.h);
+ * levels without kgemv take the F16/Q6_K path (dequantize a row, dot).
+ *
  * Determinism: rows are handed out in chunks whose boundaries are multiples
  * of 16 (one cache line of f32 outputs) through an atomic counter, so any
  * thread may compute any chunk but every output element is computed by one
@@ -22,7 +25,7 @@
  * it saves (a fork/join is ~1 us; a block takes a few ns). */
 #define MM_SERIAL_BLOCKS 2048
 
-enum { MM_QGEMV, MM_QGEMM, MM_FLOAT };
+enum { MM_QGEMV, MM_QGEMM, MM_FLOAT, MM_KQ };
 
 #define MM_MAX_MULTI 4   /* weights one dispatch may share an input between */
 
@@ -62,7 +65,7 @@ static int is_int_type(int type)
 static size_t tscratch_need(const st_cpu_kernels_t *k, int two, uint32_t max_cols)
 {
     st_q8_layout_t L;
-    size_t need = (size_t)max_cols * sizeof(float);
+    size_t need = (size_t)max_cols * sizeof(float) * (k->kgemv ? ST_KQ_ROWS : 1);
     st_q8_layout((int)max_cols, two, &L);
     if (k->qgemm_scratch)
         need = ST_MAX(need, k->qgemm_scratch(&L));
@@ -202,7 +205,7 @@ static void mm_worker(void *arg, int ith, int nth)
     int c, p = 0;
     (void)nth;
 
-    if (j->kind != MM_FLOAT)
+    if (j->kind == MM_QGEMV || j->kind == MM_QGEMM)
         mm_quantize(j);
     while ((c = atomic_fetch_add_explicit(&j->next_chunk, 1, memory_order_relaxed)) < j->n_chunks) {
         while (c >= j->part[p].c0 + j->part[p].n_chunks)   /* chunks only grow */
@@ -224,6 +227,13 @@ static void mm_worker(void *arg, int ith, int nth)
             else
                 j->mm->k->qgemm(&qa, r0, r1, scratch);
             break;
+        case MM_KQ: {
+            st_kmm_args_t ka = { .type = P->w->type, .w = P->w->data, .w_stride = P->w->row_bytes,
+                                 .cols = j->cols, .x = j->x, .n = j->qa.n, .out = P->out,
+                                 .ldo = P->rows };
+            j->mm->k->kgemv(&ka, r0, r1, scratch);
+            break;
+        }
         default:
             mm_float_chunk(j, P, r0, r1, scratch);
             break;
@@ -260,6 +270,8 @@ static void mm_slice(st_cpu_mm_t *mm, int n_w, const st_tensor_t *const *w, cons
         }
         j.qa.xq = mm->xq;
         st_q8_layout(cols, mm->act_two, &j.qa.L);
+    } else if (k->kgemv && st_cpu_kq_type(w[0]->type)) {
+        j.kind = MM_KQ;   /* float activations, weights decoded in place */
     } else {
         j.kind = MM_FLOAT;
     }

@@ -3,8 +3,10 @@
  * model's tensor views to their device copies.
  *
  * Device forms: f16 and bf16 matrices are copied as they are (the tensor
- * cores take both); f32 and quantized matrices (Q4_0, Q4_1, Q8_0, Q6_K) are
- * dequantized on the host with the reference routine and stored as bf16;
+ * cores take both); f32 and quantized matrices (Q4_0, Q4_1, Q5_0, Q5_1,
+ * Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K: every block type st_dtype_valid
+ * accepts) are dequantized on the host with the reference routine
+ * (st_dtype_dequantize_row) and stored as bf16;
  * 1-D tensors (norm weights) become f32. Dequantizing on upload is the
  * simple choice for a first version: decode then streams 2 bytes per
  * weight instead of ~0.56 (Q4_0), so a quantized mat-vec kernel is the

@@ -45,6 +45,19 @@ static inline void kt_put16(uint8_t *p, uint16_t v)
 /* A random rows x cols weight tensor of `type` (owned: free t->data). Quant
  * payloads are random bytes (every byte pattern is a valid block); scales
  * are set to sane magnitudes so results stay in a realistic range. */
+/* The block-quantized types added with the float-activation kernels
+ * (Q5_0, Q5_1, Q2_K..Q5_K), for tests that loop over them. */
+static const int kt_kq_types[] = {ST_DTYPE_Q5_0, ST_DTYPE_Q5_1, ST_DTYPE_Q2_K,
+                                  ST_DTYPE_Q3_K, ST_DTYPE_Q4_K, ST_DTYPE_Q5_K};
+#define KT_N_KQ_TYPES ((int)(sizeof kt_kq_types / sizeof kt_kq_types[0]))
+
+/* Smallest row length of a type (its block size). */
+static inline int kt_block_elems(int type)
+{
+    const st_dtype_traits_t *tr = st_dtype_traits((uint32_t)type);
+    return tr ? (int)tr->block_elems : 1;
+}
+
 static inline int kt_make_weight(st_tensor_t *t, int type, int rows, int cols, uint64_t *s)
 {
     const st_dtype_traits_t *tr = st_dtype_traits((uint32_t)type);
@@ -77,6 +90,23 @@ static inline int kt_make_weight(st_tensor_t *t, int type, int rows, int cols, u
             case ST_DTYPE_Q4_1:
                 kt_put16(blk, st_f32_to_fp16(sc));
                 kt_put16(blk + 2, st_f32_to_fp16(-8.0f * sc + 0.05f * kt_uniform(s)));
+                break;
+            case ST_DTYPE_Q5_0: kt_put16(blk, st_f32_to_fp16(sc / 2)); break;
+            case ST_DTYPE_Q5_1:
+                kt_put16(blk, st_f32_to_fp16(sc / 2));
+                kt_put16(blk + 2, st_f32_to_fp16(-8.0f * sc + 0.05f * kt_uniform(s)));
+                break;
+            case ST_DTYPE_Q2_K:   /* d * (0..15) * (0..3) - dmin * (0..15) */
+                kt_put16(blk + 80, st_f32_to_fp16(sc / 4));
+                kt_put16(blk + 82, st_f32_to_fp16(sc / 3));
+                break;
+            case ST_DTYPE_Q3_K:   /* d * (-32..31) * (-4..3) */
+                kt_put16(blk + 108, st_f32_to_fp16(sc / 16));
+                break;
+            case ST_DTYPE_Q4_K:   /* d * (0..63) * (0..15 or 31) - dmin * (0..63) */
+            case ST_DTYPE_Q5_K:
+                kt_put16(blk, st_f32_to_fp16(sc / (type == ST_DTYPE_Q4_K ? 32 : 64)));
+                kt_put16(blk + 2, st_f32_to_fp16(sc / 8));
                 break;
             case ST_DTYPE_Q6_K:
                 for (int k = 0; k < 16; k++)

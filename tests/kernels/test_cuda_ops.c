@@ -89,7 +89,9 @@ ST_TEST(cuda_matmul_all_types_both_paths)
     ST_SKIP("built without CUDA");
 #else
     static const int types[] = {ST_DTYPE_BF16, ST_DTYPE_F16, ST_DTYPE_F32, ST_DTYPE_Q8_0,
-                                ST_DTYPE_Q4_0, ST_DTYPE_Q4_1, ST_DTYPE_Q6_K};
+                                ST_DTYPE_Q4_0, ST_DTYPE_Q4_1, ST_DTYPE_Q6_K, ST_DTYPE_Q5_0,
+                                ST_DTYPE_Q5_1, ST_DTYPE_Q2_K, ST_DTYPE_Q3_K, ST_DTYPE_Q4_K,
+                                ST_DTYPE_Q5_K};
     static const int ns[] = {1, 3, 8, 9, 37};
     pair_t pp;
     uint64_t s = 7;

@@ -8,7 +8,8 @@
  * served together give different text, and a pipelined cluster cannot match
  * the single-process engine under concurrency.
  *
- * For every weight dtype with an integer path (and the float ones), every
+ * For every weight dtype with an integer path (and the float ones, and the
+ * float-activation kernels of Q5_0/Q5_1/Q2_K..Q5_K), every
  * ISA level this CPU supports and both STRATA_ACT_BITS settings: out(n = 1)
  * of each token equals, byte for byte, the corresponding row of out(n = K)
  * for K in {2, 3, 5, 17, 40, 130}, with the K tokens taken from different
@@ -99,6 +100,18 @@ ST_TEST(matmul_batch_invariant_int_types)
         ST_CHECK(check_matmul(types[i], 67, 96, 11 + i) == 0);      /* odd block count */
         ST_CHECK(check_matmul(types[i], 49, 576, 21 + i) == 0);     /* the model's width */
         ST_CHECK(check_matmul(types[i], 40, 1536, 31 + i) == 0);
+    }
+}
+
+/* Q5_0, Q5_1, Q2_K..Q5_K keep float activations: n <= 4 (AVX2: 2) decodes
+ * in registers, larger n from a row decoded into scratch; both must agree
+ * bit for bit. Odd row counts, one block per row and several. */
+ST_TEST(matmul_batch_invariant_kq_types)
+{
+    for (int i = 0; i < KT_N_KQ_TYPES; i++) {
+        const int t = kt_kq_types[i], be = kt_block_elems(t);
+        ST_CHECK_MSG(check_matmul(t, 67, be == 32 ? 96 : 256, 51 + i) == 0, "%s", st_dtype_name(t));
+        ST_CHECK_MSG(check_matmul(t, 49, 1536, 61 + i) == 0, "%s", st_dtype_name(t));
     }
 }
 

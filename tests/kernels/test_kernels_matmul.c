@@ -14,7 +14,9 @@
  *    again with d2 = d1/127: the bound shrinks by 127. Float accumulation adds at most
  *    ~1e-5 of sum_i |x_i| (D_b u_max + |O_b|), the magnitudes the kernels
  *    really add (u up to 255 for Q8_0 as u8).
- *  - F32 / F16 / BF16 / Q6_K run in float on dequantized weights: 1e-5 of
+ *  - F32 / F16 / BF16 / Q6_K run in float on dequantized weights, and Q5_0 /
+ *    Q5_1 / Q2_K..Q5_K in float on weights decoded in registers (fma(u, D,
+ *    O): at most an ulp of w from the reference's rounding): 1e-5 of
  *    sum_i |w_i x_i| covers float accumulation over these lengths.
  * Quantized types are also checked against the same float64 dot taken on
  * the activations quantized as cpu_impl.h specifies (quant_act): then only
@@ -128,7 +130,9 @@ static int make_ref(const st_tensor_t *w, const float *x, int n, int bits, ref_t
 }
 
 static const int types[] = {ST_DTYPE_Q4_1, ST_DTYPE_Q8_0, ST_DTYPE_Q4_0, ST_DTYPE_F32,
-                            ST_DTYPE_F16, ST_DTYPE_BF16, ST_DTYPE_Q6_K};
+                            ST_DTYPE_F16, ST_DTYPE_BF16, ST_DTYPE_Q6_K, ST_DTYPE_Q5_0,
+                            ST_DTYPE_Q5_1, ST_DTYPE_Q2_K, ST_DTYPE_Q3_K, ST_DTYPE_Q4_K,
+                            ST_DTYPE_Q5_K};
 
 /* Runs one shape on every ISA and thread count; returns failures. */
 static int check_shape_b(int type, int rows, int cols, int n, uint64_t seed, int verbose,
@@ -220,7 +224,7 @@ ST_TEST(matmul_all_types_odd_shapes)
     for (size_t ti = 0; ti < ST_ARRAY_SIZE(types); ti++) {
         int type = types[ti];
         int cols_list[3] = {32, 96, 576};
-        if (type == ST_DTYPE_Q6_K) {
+        if (kt_block_elems(type) == 256) {
             cols_list[0] = 256; cols_list[1] = 512; cols_list[2] = 768;
         }
         for (size_t ri = 0; ri < ST_ARRAY_SIZE(rows_list); ri++)
@@ -252,6 +256,24 @@ ST_TEST(matmul_model_shapes)
     ST_CHECK(check_shape(ST_DTYPE_F32, 70, 1536, 9, 106, 1) == 0);
     ST_CHECK(check_shape_b(ST_DTYPE_Q4_1, 99, 576, 45, 111, 1, 20) == 0);
     ST_CHECK(check_shape_b(ST_DTYPE_Q8_0, 33, 96, 17, 112, 1, 8) == 0);
+}
+
+/* The float-activation kernels (Q5_0, Q5_1, Q2_K..Q5_K): every n from 1
+ * to 6 (AVX-512 decodes in registers up to 4 tokens, AVX2 up to 2, then
+ * from a decoded row), odd rows, the model's widths, a batch sliced by
+ * max_batch and a width beyond max_cols (1024 here: the scratch grows). */
+ST_TEST(matmul_kq_types)
+{
+    uint64_t seed = 200;
+    for (int i = 0; i < KT_N_KQ_TYPES; i++) {
+        const int t = kt_kq_types[i], wide = kt_block_elems(t) == 32 ? 576 : 768;
+        for (int n = 1; n <= 6; n++)
+            ST_CHECK_MSG(check_shape(t, 35, wide, n, seed++, 0) == 0, "%s n %d",
+                         st_dtype_name(t), n);
+        ST_CHECK(check_shape(t, 576, 1536, 1, seed++, 1) == 0);
+        ST_CHECK(check_shape(t, 192, 1536, 21, seed++, 1) == 0);
+        ST_CHECK(check_shape_b(t, 99, 1536, 45, seed++, 1, 20) == 0);
+    }
 }
 
 /* Weights whose rows are all one value make the expected result exact

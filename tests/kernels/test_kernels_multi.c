@@ -118,6 +118,11 @@ ST_TEST(multi_equals_separate_mixed_types)
     static const int rows[NW] = {80, 48, 112};
     ST_CHECK(check_multi(mix, rows, 576, 7) == 0);
     ST_CHECK(check_multi(flt, rows, 96, 8) == 0);
+    /* float-activation types (kgemv) beside integer ones: also one matmul each */
+    static const int kq[NW] = {ST_DTYPE_Q4_K, ST_DTYPE_Q4_1, ST_DTYPE_Q5_0};
+    static const int kq2[NW] = {ST_DTYPE_Q5_K, ST_DTYPE_Q3_K, ST_DTYPE_Q2_K};
+    ST_CHECK(check_multi(kq, rows, 512, 9) == 0);
+    ST_CHECK(check_multi(kq2, rows, 256, 10) == 0);
 }
 
 int main(void)

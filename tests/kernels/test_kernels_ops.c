@@ -94,7 +94,8 @@ ST_TEST(memory_ops)
 ST_TEST(get_rows_matches_dequantize)
 {
     static const int types[] = {ST_DTYPE_Q8_0, ST_DTYPE_Q4_1, ST_DTYPE_F16, ST_DTYPE_BF16,
-                                ST_DTYPE_F32, ST_DTYPE_Q6_K};
+                                ST_DTYPE_F32, ST_DTYPE_Q6_K, ST_DTYPE_Q5_0, ST_DTYPE_Q5_1,
+                                ST_DTYPE_Q2_K, ST_DTYPE_Q3_K, ST_DTYPE_Q4_K, ST_DTYPE_Q5_K};
     uint64_t s = 7;
     for (size_t ti = 0; ti < ST_ARRAY_SIZE(types); ti++) {
         st_tensor_t emb;
