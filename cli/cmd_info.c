@@ -77,7 +77,7 @@ static int usage(FILE *f)
 static void print_text(const st_model_t *m, const type_usage_t *use, uint64_t total)
 {
     const st_gguf_t *g = st_model_gguf(m);
-    const st_llama_hparams_t *hp = st_model_hparams(m);
+    const st_hparams_t *hp = st_model_hparams(m);
     st_str_t tmodel, tpre, tmpl;
     char buf[128], buf2[128];
     int have_pre = st_gguf_get_str(g, "tokenizer.ggml.pre", &tpre) == ST_OK;
@@ -116,7 +116,7 @@ static void print_text(const st_model_t *m, const type_usage_t *use, uint64_t to
 static void print_json(const st_model_t *m, const type_usage_t *use, uint64_t total)
 {
     const st_gguf_t *g = st_model_gguf(m);
-    const st_llama_hparams_t *hp = st_model_hparams(m);
+    const st_hparams_t *hp = st_model_hparams(m);
     st_str_t s;
     int first = 1;
 

@@ -455,7 +455,7 @@ static int cmp_name(const void *a, const void *b)
 static void send_plan(st_cluster_t *c, uint32_t s)
 {
     wrec_t *w = &c->workers[c->stages[s].worker];
-    const st_ctrl_tensor_hash_t *hs[ST_CTRL_MAX_LAYERS / 4];
+    const st_ctrl_tensor_hash_t *hs[ST_CTRL_MAX_LAYERS];
     uint32_t n = c->p.verify ? cl_stage_tensors(c, c->stages[s].first, c->stages[s].last, hs,
                                              ST_ARRAY_SIZE(hs)) : 0;
     st_ctrl_msg_t *m = calloc(1, sizeof(*m));
@@ -785,7 +785,7 @@ static void *control_main(void *arg)
 st_status_t cl_start(const st_cluster_params_t *params, st_cluster_t **out, st_error_t *err)
 {
     st_cluster_t *c;
-    const st_llama_hparams_t *hp;
+    const st_hparams_t *hp;
     st_status_t st;
 
     if (!params || params->size < sizeof(*params) || !params->model_path)

@@ -130,11 +130,9 @@ uint32_t cl_stage_tensors(const st_cluster_t *c, uint32_t first, uint32_t last,
     const st_tensor_t *extra[3] = {NULL, NULL, NULL};
 
     for (uint32_t l = first; l < last; l++) {
-        const st_llama_layer_t *ly = st_model_layer(c->model, l);
-        const st_tensor_t *ts[] = {ly->attn_norm, ly->wq, ly->wk, ly->wv, ly->wo,
-                                   ly->ffn_norm, ly->w_gate, ly->w_up, ly->w_down};
-        for (size_t i = 0; i < ST_ARRAY_SIZE(ts) && n < cap; i++)
-            if ((out[n] = hash_of(c, ts[i])))
+        const st_layer_t *ly = st_model_layer(c->model, l);
+        for (uint32_t i = 0; i < ly->n_all && n < cap; i++)
+            if ((out[n] = hash_of(c, ly->all[i])))
                 n++;
     }
     if (first == 0)
@@ -265,7 +263,7 @@ st_status_t cl_compute_split(st_cluster_t *c, wrec_t **cand, uint32_t n_cand,
     }
 #ifdef ST_CLUSTER_HAVE_PLAN
     {
-        const st_llama_hparams_t *hp = st_model_hparams(c->model);
+        const st_hparams_t *hp = st_model_hparams(c->model);
         st_plan_worker_t pw[ST_CTRL_MAX_STAGES];
         uint64_t *lb = calloc(n_layer, sizeof(uint64_t));
         st_plan_params_t pp;

@@ -88,7 +88,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         __builtin_trap();            /* errors are one line naming the file */
     }
     if (st_model_open(path, NULL, &m, &err) == ST_OK) {
-        const st_llama_hparams_t *hp = st_model_hparams(m);
+        const st_hparams_t *hp = st_model_hparams(m);
         st_model_prefetch(m, 0, hp->n_layer, 3, NULL, NULL);
         st_model_close(m);
     }

@@ -39,7 +39,7 @@
 /* Bumped whenever the ops table changes layout; backends are built in, so
  * a mismatch means a stale object file. Ops marked optional may be NULL and
  * callers then use the required ops instead. */
-#define ST_BACKEND_ABI_VERSION 2u
+#define ST_BACKEND_ABI_VERSION 3u
 
 typedef struct st_backend_params {
     uint32_t size;        /* sizeof(st_backend_params_t): lets the struct grow */
@@ -61,8 +61,40 @@ typedef struct st_attn_args {
     const int32_t *slot;        /* host, per token: KV slot of its sequence */
     const int32_t *pos;         /* host, per token: attends to positions 0..pos */
     float          scale;       /* usually 1/sqrt(head_dim) */
-    float         *out;         /* [n_tokens][n_head * head_dim] */
+    float         *out;         /* [n_tokens][n_head * head_dim_v] */
+    /* Extensions (backends with ST_BE_ATTN_EX; all 0 = the plain form above). */
+    int            window;      /* > 0: attend only positions pos-window+1..pos */
+    float          softcap;     /* > 0: scores s -> softcap * tanh(s / softcap) */
+    int            head_dim_v;  /* value width (0: head_dim); V is read from the
+                                   first head_dim_v floats of each v_cache row */
+    int            kv_stride;   /* floats between cache rows (0: n_head_kv * head_dim) */
 } st_attn_args_t;
+
+/* Rotary embedding in its general form (optional op rope_ex). */
+typedef struct st_rope_args {
+    float         *x;           /* n rows, row_stride floats apart */
+    int            n;
+    int            row_stride;
+    int            n_heads;     /* heads per row, head_stride floats apart */
+    int            head_stride;
+    int            offset;      /* first rotated float within a head */
+    int            rope_dim;    /* floats rotated per head (even) */
+    const int32_t *pos;         /* host, per row */
+    int            neox;        /* 0: pairs (2j, 2j+1); 1: pairs (j, j + rope_dim/2) */
+    float          theta;       /* base */
+    float          freq_scale;  /* 1 / context scaling factor */
+    /* YaRN (ext_factor 0: plain scaling): frequencies between the
+     * beta_fast/beta_slow corrections on n_ctx_orig blend interpolated and
+     * extrapolated angles. sin/cos are multiplied by mscale. */
+    float          ext_factor, beta_fast, beta_slow;
+    int            n_ctx_orig;
+    float          mscale;
+} st_rope_args_t;
+
+/* Feature bits a backend's ops table declares (st_backend_ops_t.features). */
+enum {
+    ST_BE_ATTN_EX = 1u << 0     /* attention honours window/softcap/head_dim_v/kv_stride */
+};
 
 typedef struct st_backend_ops {
     uint32_t    abi_version;    /* ST_BACKEND_ABI_VERSION */
@@ -114,6 +146,25 @@ typedef struct st_backend_ops {
      * identical to n_w matmul calls. */
     void (*matmul_multi)(void *ctx, int n_w, const st_tensor_t *const *w, const float *x, int n,
                          float *const *out);
+
+    /* ---- for architectures beyond Llama (all optional; a stage whose
+     * model needs one the backend lacks refuses to start, naming it) ---- */
+    unsigned features;          /* ST_BE_* */
+    void (*rope_ex)(void *ctx, const st_rope_args_t *r);
+    /* x[i][j] += b[j] for n rows of dim (b: f32 [dim]): biases. */
+    void (*add_row)(void *ctx, float *x, const st_tensor_t *b, int n, int dim);
+    /* out[j] = gelu_tanh(gate[j]) * up[j] */
+    void (*geglu)(void *ctx, const float *gate, const float *up, size_t n, float *out);
+    /* x[j] *= a */
+    void (*scale)(void *ctx, float *x, float a, size_t n);
+    /* x[j] = c * tanh(x[j] / c) */
+    void (*softcap)(void *ctx, float *x, float c, size_t n);
+    /* dst row r (dst_stride floats apart) = src row r (src_stride apart),
+     * `cols` floats each, for r < rows. */
+    void (*copy2d)(void *ctx, float *dst, int dst_stride, const float *src, int src_stride,
+                   int rows, int cols);
+    /* x[j] += a * y[j] */
+    void (*axpy)(void *ctx, float *x, float a, const float *y, size_t n);
 } st_backend_ops_t;
 
 /* A backend instance: its table and its context. The caller owns the struct. */

@@ -20,7 +20,7 @@ st_status_t st_plan_model_from_file(const char *path, uint32_t n_ctx, uint32_t n
     st_status_t s = st_model_open(path, NULL, &m, err);
     if (s != ST_OK) return s;
 
-    const st_llama_hparams_t *hp = st_model_hparams(m);
+    const st_hparams_t *hp = st_model_hparams(m);
     if (hp->n_layer == 0 || hp->n_layer > ST_PLAN_MAX_LAYERS) {
         s = st_error_set(err, ST_ERR_RANGE, "%s: %u layers (planner takes 1..%u)", path,
                          hp->n_layer, ST_PLAN_MAX_LAYERS);

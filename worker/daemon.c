@@ -263,11 +263,9 @@ static st_status_t verify_range(wk_t *w, st_error_t *err)
     st_status_t st = ST_OK;
 
     for (uint32_t l = pl->first_layer; l < pl->last_layer && st == ST_OK; l++) {
-        const st_llama_layer_t *ly = st_model_layer(w->model, l);
-        const st_tensor_t *ts[] = {ly->attn_norm, ly->wq, ly->wk, ly->wv, ly->wo,
-                                   ly->ffn_norm, ly->w_gate, ly->w_up, ly->w_down};
-        for (size_t i = 0; i < ST_ARRAY_SIZE(ts) && st == ST_OK; i++)
-            st = verify_tensor(w, ts[i], err);
+        const st_layer_t *ly = st_model_layer(w->model, l);
+        for (uint32_t i = 0; i < ly->n_all && st == ST_OK; i++)
+            st = verify_tensor(w, ly->all[i], err);
     }
     if (st == ST_OK && pl->first_layer == 0)
         st = verify_tensor(w, st_model_tok_embd(w->model), err);
@@ -311,7 +309,7 @@ static st_status_t open_stage_model(wk_t *w, const char *path, st_error_t *err)
 static st_status_t open_model(wk_t *w, st_error_t *err)
 {
     const char *path = w->p->model_path ? w->p->model_path : w->plan.model_path;
-    const st_llama_hparams_t *hp;
+    const st_hparams_t *hp;
     st_status_t st;
 
     if (w->p->fetch_shard || access(path, F_OK) != 0) {

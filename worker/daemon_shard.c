@@ -129,17 +129,15 @@ static st_status_t stage_ranges(wk_t *w, st_ctrl_range_t **out, uint32_t *n_out,
                                 uint64_t *bytes, st_error_t *err)
 {
     const st_ctrl_plan_t *pl = &w->plan;
-    uint32_t cap = (pl->last_layer - pl->first_layer) * 9 + 3, n = 0, k = 0;
+    uint32_t cap = (pl->last_layer - pl->first_layer) * ST_LAYER_MAX_TENSORS + 3, n = 0, k = 0;
     st_ctrl_range_t *r = calloc(cap, sizeof(*r));
 
     if (!r)
         return st_error_set(err, ST_ERR_NOMEM, "out of memory for the shard ranges");
     for (uint32_t l = pl->first_layer; l < pl->last_layer; l++) {
-        const st_llama_layer_t *ly = st_model_layer(w->model, l);
-        const st_tensor_t *ts[] = {ly->attn_norm, ly->wq, ly->wk, ly->wv, ly->wo,
-                                   ly->ffn_norm, ly->w_gate, ly->w_up, ly->w_down};
-        for (size_t i = 0; i < ST_ARRAY_SIZE(ts); i++)
-            r[n++] = (st_ctrl_range_t){ts[i]->file_offset, ts[i]->nbytes};
+        const st_layer_t *ly = st_model_layer(w->model, l);
+        for (uint32_t i = 0; i < ly->n_all; i++)
+            r[n++] = (st_ctrl_range_t){ly->all[i]->file_offset, ly->all[i]->nbytes};
     }
     if (pl->first_layer == 0) {
         const st_tensor_t *t = st_model_tok_embd(w->model);

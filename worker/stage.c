@@ -3,10 +3,13 @@
  *
  * All buffers are sized at create time from max_batch / max_out and live in
  * backend memory; st_stage_forward only moves the caller's inputs in,
- * runs the layers through the backend table, and moves results out.
+ * runs the layers through the backend table, and moves results out. The
+ * layers themselves are the model family's forward (layers.c): this file
+ * is the same for every architecture.
  */
 #include "st_stage.h"
 
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,26 +17,10 @@
 
 #include "st_log.h"
 #include "st_util.h"
+#include "stage_internal.h"
 
 /* Bound for the weight list handed to a backend's weights_load. */
 #define STAGE_MAX_LAYERS 512
-
-struct st_stage {
-    st_stage_params_t         p;
-    const st_llama_hparams_t *hp;
-    st_backend_t              be;
-    uint32_t                  n_layers;   /* last - first */
-    uint32_t                  q_dim, kv_dim;
-    /* activations, backend memory */
-    float *x, *xb, *xb2, *q, *k, *v, *att, *hb, *hb2, *xo, *logits;
-    float **k_cache, **v_cache;           /* per local layer */
-    /* host-side scratch */
-    int32_t *out_rows;                    /* token index of each output row */
-    float   *host_logits;                 /* max_out x n_vocab, for sampling */
-    st_sampler_t **samplers;              /* per slot, last stage only */
-    uint64_t kv_bytes;
-    char     desc[256];
-};
 
 st_stage_params_t st_stage_default_params(const st_model_t *model)
 {
@@ -54,7 +41,7 @@ st_stage_params_t st_stage_default_params(const st_model_t *model)
 
 static st_status_t check_params(const st_stage_params_t *p, st_error_t *err)
 {
-    const st_llama_hparams_t *hp;
+    const st_hparams_t *hp;
 
     if (!p || p->size < sizeof(*p) || !p->model)
         return st_error_set(err, ST_ERR_INVALID, "stage: missing parameters or model");
@@ -74,9 +61,9 @@ static st_status_t check_params(const st_stage_params_t *p, st_error_t *err)
     return ST_OK;
 }
 
-static void *balloc(st_stage_t *s, uint64_t n_floats, st_status_t *st)
+float *st_stage_alloc(st_stage_t *s, uint64_t n_floats, st_status_t *st)
 {
-    void *ptr;
+    float *ptr;
     if (*st != ST_OK)
         return NULL;
     ptr = s->be.ops->alloc(s->be.ctx, (size_t)n_floats * sizeof(float));
@@ -85,10 +72,35 @@ static void *balloc(st_stage_t *s, uint64_t n_floats, st_status_t *st)
     return ptr;
 }
 
-static void bfree(st_stage_t *s, void *ptr)
+void st_stage_free_buf(st_stage_t *s, void *ptr)
 {
     if (ptr)
         s->be.ops->free(s->be.ctx, ptr);
+}
+
+#define balloc st_stage_alloc
+#define bfree st_stage_free_buf
+
+static const struct { unsigned bit; const char *name; } need_names[] = {
+    {ST_NEED_ROPE_EX, "rope_ex"}, {ST_NEED_ADD_ROW, "add_row"}, {ST_NEED_GEGLU, "geglu"},
+    {ST_NEED_SCALE, "scale"}, {ST_NEED_SOFTCAP, "softcap"}, {ST_NEED_COPY2D, "copy2d"},
+    {ST_NEED_AXPY, "axpy"}, {ST_NEED_ATTN_EX, "extended attention"},
+};
+
+st_status_t st_stage_need_ops(const st_stage_t *s, unsigned need, st_error_t *err)
+{
+    const st_backend_ops_t *o = s->be.ops;
+    unsigned have = (o->rope_ex ? ST_NEED_ROPE_EX : 0) | (o->add_row ? ST_NEED_ADD_ROW : 0) |
+                    (o->geglu ? ST_NEED_GEGLU : 0) | (o->scale ? ST_NEED_SCALE : 0) |
+                    (o->softcap ? ST_NEED_SOFTCAP : 0) | (o->copy2d ? ST_NEED_COPY2D : 0) |
+                    (o->axpy ? ST_NEED_AXPY : 0) |
+                    ((o->features & ST_BE_ATTN_EX) ? ST_NEED_ATTN_EX : 0);
+    for (size_t i = 0; i < ST_ARRAY_SIZE(need_names); i++)
+        if ((need & need_names[i].bit) && !(have & need_names[i].bit))
+            return st_error_set(err, ST_ERR_UNSUPPORTED, "stage: the %s backend has no %s op, "
+                                "which %s models need", o->name, need_names[i].name,
+                                st_model_arch(s->p.model));
+    return ST_OK;
 }
 
 static uint64_t tensor_bytes(const st_tensor_t *t)
@@ -98,19 +110,21 @@ static uint64_t tensor_bytes(const st_tensor_t *t)
 
 static st_status_t load_weights(st_stage_t *s, st_error_t *err)
 {
-    const st_tensor_t *list[STAGE_MAX_LAYERS * 9 + 3];
+    const st_tensor_t **list;
     size_t n = 0;
+    st_status_t st;
 
     if (!s->be.ops->weights_load)
         return ST_OK;
     if (s->n_layers > STAGE_MAX_LAYERS)
         return st_error_set(err, ST_ERR_RANGE, "stage: too many layers (%u)", s->n_layers);
+    list = malloc(((size_t)s->n_layers * ST_LAYER_MAX_TENSORS + 3) * sizeof *list);
+    if (!list)
+        return st_error_set(err, ST_ERR_NOMEM, "stage: out of memory");
     for (uint32_t l = s->p.first_layer; l < s->p.last_layer; l++) {
-        const st_llama_layer_t *L = st_model_layer(s->p.model, l);
-        const st_tensor_t *ts[] = {L->attn_norm, L->wq, L->wk, L->wv, L->wo,
-                                   L->ffn_norm, L->w_gate, L->w_up, L->w_down};
-        for (size_t i = 0; i < ST_ARRAY_SIZE(ts); i++)
-            list[n++] = ts[i];
+        const st_layer_t *L = st_model_layer(s->p.model, l);
+        for (uint32_t i = 0; i < L->n_all; i++)
+            list[n++] = L->all[i];
     }
     if (st_stage_is_first(s))
         list[n++] = st_model_tok_embd(s->p.model);
@@ -119,7 +133,23 @@ static st_status_t load_weights(st_stage_t *s, st_error_t *err)
         if (st_model_output(s->p.model) != st_model_tok_embd(s->p.model) || !st_stage_is_first(s))
             list[n++] = st_model_output(s->p.model);
     }
-    return s->be.ops->weights_load(s->be.ctx, list, n, err);
+    st = s->be.ops->weights_load(s->be.ctx, list, n, err);
+    free(list);
+    return st;
+}
+
+/* The widest input row any matmul of this stage sees (sizes the backend's
+ * activation scratch). */
+static uint32_t stage_max_cols(const st_stage_t *s)
+{
+    uint64_t m = s->hp->n_embd;
+    for (uint32_t l = s->p.first_layer; l < s->p.last_layer; l++) {
+        const st_layer_t *L = st_model_layer(s->p.model, l);
+        for (uint32_t i = 0; i < L->n_all; i++)
+            if (L->all[i]->n_dims >= 2)
+                m = ST_MAX(m, L->all[i]->ne[0]);
+    }
+    return (uint32_t)m;
 }
 
 st_status_t st_stage_create(const st_stage_params_t *params, st_stage_t **out, st_error_t *err)
@@ -138,31 +168,33 @@ st_status_t st_stage_create(const st_stage_params_t *params, st_stage_t **out, s
     s->p = *params;
     s->hp = st_model_hparams(params->model);
     s->n_layers = params->last_layer - params->first_layer;
-    s->q_dim = s->hp->n_head * s->hp->head_dim;
-    s->kv_dim = s->hp->n_head_kv * s->hp->head_dim;
     if (!st_stage_is_last(s))
         s->p.max_out = 0;
+    s->impl = st_layer_impl(st_model_family(params->model));
+    if (!s->impl) {
+        st = st_error_set(err, ST_ERR_UNSUPPORTED, "stage: no layer forward for architecture "
+                          "'%s'", st_model_arch(params->model));
+        goto err_free;
+    }
 
     memset(&bp, 0, sizeof(bp));
     bp.size = sizeof(bp);
     bp.n_threads = params->n_threads;
     bp.device = params->device;
     bp.max_batch = params->max_batch;
-    bp.max_cols = ST_MAX(ST_MAX(s->hp->n_embd, s->hp->n_ff), s->q_dim);
+    bp.max_cols = stage_max_cols(s);
     st = st_backend_open(params->backend ? params->backend : "cpu", &bp, &s->be, err);
     if (st != ST_OK)
         goto err_free;
+    if ((s->hp->embd_scale != 1.0f && (st = st_stage_need_ops(s, ST_NEED_SCALE, err)) != ST_OK) ||
+        (s->hp->final_softcap > 0.0f &&
+         (st = st_stage_need_ops(s, ST_NEED_SOFTCAP, err)) != ST_OK))
+        goto err_backend;
 
     B = params->max_batch;
     s->x   = balloc(s, B * s->hp->n_embd, &st);
     s->xb  = balloc(s, B * s->hp->n_embd, &st);
     s->xb2 = balloc(s, B * s->hp->n_embd, &st);
-    s->q   = balloc(s, B * s->q_dim, &st);
-    s->att = balloc(s, B * s->q_dim, &st);
-    s->k   = balloc(s, B * s->kv_dim, &st);
-    s->v   = balloc(s, B * s->kv_dim, &st);
-    s->hb  = balloc(s, B * s->hp->n_ff, &st);
-    s->hb2 = balloc(s, B * s->hp->n_ff, &st);
     if (st_stage_is_last(s)) {
         s->xo     = balloc(s, (uint64_t)s->p.max_out * s->hp->n_embd, &st);
         s->logits = balloc(s, (uint64_t)s->p.max_out * s->hp->n_vocab, &st);
@@ -179,12 +211,14 @@ st_status_t st_stage_create(const st_stage_params_t *params, st_stage_t **out, s
         goto err_bufs;
     }
     /* Caches are allocated zeroed and touched only as positions fill, so
-     * resident memory grows with use, not with n_ctx. */
+     * resident memory grows with use, not with n_ctx. An MLA model caches
+     * only K (the latent and the rope key); its values are read from it. */
     for (uint32_t l = 0; l < s->n_layers; l++) {
-        uint64_t per = (uint64_t)params->n_slots * params->n_ctx * s->kv_dim;
-        s->k_cache[l] = balloc(s, per, &st);
-        s->v_cache[l] = balloc(s, per, &st);
-        s->kv_bytes += 2 * per * sizeof(float);
+        uint64_t per = (uint64_t)params->n_slots * params->n_ctx;
+        s->k_cache[l] = balloc(s, per * s->hp->kv_k_dim, &st);
+        if (s->hp->kv_v_dim)
+            s->v_cache[l] = balloc(s, per * s->hp->kv_v_dim, &st);
+        s->kv_bytes += per * ((uint64_t)s->hp->kv_k_dim + s->hp->kv_v_dim) * sizeof(float);
     }
     if (st != ST_OK) {
         st_error_set(err, st, "stage: cannot allocate KV cache of %llu bytes",
@@ -201,10 +235,12 @@ st_status_t st_stage_create(const st_stage_params_t *params, st_stage_t **out, s
             goto err_host;
         }
     }
+    if ((st = s->impl->init(s, err)) != ST_OK)
+        goto err_host;
 
     st = load_weights(s, err);
     if (st != ST_OK)
-        goto err_host;
+        goto err_fam;
 
     snprintf(s->desc, sizeof(s->desc), "layers %u-%u of %u on %s", params->first_layer,
              params->last_layer - 1, s->hp->n_layer,
@@ -212,6 +248,8 @@ st_status_t st_stage_create(const st_stage_params_t *params, st_stage_t **out, s
     *out = s;
     return ST_OK;
 
+err_fam:
+    s->impl->fini(s);
 err_host:
     free(s->samplers);
     free(s->host_logits);
@@ -224,9 +262,9 @@ err_kv:
 err_bufs:
     free(s->k_cache);
     free(s->v_cache);
-    bfree(s, s->x); bfree(s, s->xb); bfree(s, s->xb2); bfree(s, s->q); bfree(s, s->att);
-    bfree(s, s->k); bfree(s, s->v); bfree(s, s->hb); bfree(s, s->hb2);
+    bfree(s, s->x); bfree(s, s->xb); bfree(s, s->xb2);
     bfree(s, s->xo); bfree(s, s->logits);
+err_backend:
     st_backend_close(&s->be);
 err_free:
     free(s);
@@ -240,6 +278,7 @@ void st_stage_free(st_stage_t *s)
     if (s->samplers)
         for (uint32_t i = 0; i < s->p.n_slots; i++)
             st_sampler_free(s->samplers[i]);
+    s->impl->fini(s);
     free(s->samplers);
     free(s->host_logits);
     free(s->out_rows);
@@ -249,8 +288,7 @@ void st_stage_free(st_stage_t *s)
     }
     free(s->k_cache);
     free(s->v_cache);
-    bfree(s, s->x); bfree(s, s->xb); bfree(s, s->xb2); bfree(s, s->q); bfree(s, s->att);
-    bfree(s, s->k); bfree(s, s->v); bfree(s, s->hb); bfree(s, s->hb2);
+    bfree(s, s->x); bfree(s, s->xb); bfree(s, s->xb2);
     bfree(s, s->xo); bfree(s, s->logits);
     st_backend_close(&s->be);
     free(s);
@@ -267,7 +305,7 @@ uint64_t st_stage_weight_bytes(const st_stage_t *s)
 {
     uint64_t b = 0;
     for (uint32_t l = s->p.first_layer; l < s->p.last_layer; l++)
-        b += st_model_layer_bytes(s->p.model, l);
+        b += st_model_layer_active_bytes(s->p.model, l);
     if (st_stage_is_first(s))
         b += st_model_tok_embd(s->p.model)->row_bytes;   /* one row per token */
     if (st_stage_is_last(s))
@@ -323,73 +361,12 @@ static st_status_t check_batch(const st_stage_t *s, const st_stage_batch_t *b, s
     return ST_OK;
 }
 
-/* Matmuls that read the same input (Q/K/V, gate/up) go to the backend in
- * one call when it has the optional matmul_multi: the CPU backend then
- * quantizes the input once and wakes its threads once instead of n_w times. */
-static void matmul_shared(st_stage_t *s, int n_w, const st_tensor_t *const *w, const float *x,
-                          int n, float *const *out)
-{
-    const st_backend_ops_t *o = s->be.ops;
-    if (o->matmul_multi) {
-        o->matmul_multi(s->be.ctx, n_w, w, x, n, out);
-        return;
-    }
-    for (int i = 0; i < n_w; i++)
-        o->matmul(s->be.ctx, w[i], x, n, out[i]);
-}
-
-static void run_layer(st_stage_t *s, uint32_t l, const st_stage_batch_t *b)
-{
-    const st_backend_ops_t *o = s->be.ops;
-    void *c = s->be.ctx;
-    const st_llama_hparams_t *hp = s->hp;
-    const st_llama_layer_t *L = st_model_layer(s->p.model, l);
-    uint32_t li = l - s->p.first_layer;
-    int n = (int)b->n;
-    st_attn_args_t a;
-
-    o->rmsnorm(c, s->x, L->attn_norm, hp->rms_eps, n, (int)hp->n_embd, s->xb);
-    matmul_shared(s, 3, (const st_tensor_t *const[]){ L->wq, L->wk, L->wv }, s->xb, n,
-                  (float *const[]){ s->q, s->k, s->v });
-    o->rope(c, s->q, n, (int)hp->n_head, (int)hp->head_dim, (int)hp->rope_dim, b->pos,
-            hp->rope_theta, hp->rope_freq_scale);
-    o->rope(c, s->k, n, (int)hp->n_head_kv, (int)hp->head_dim, (int)hp->rope_dim, b->pos,
-            hp->rope_theta, hp->rope_freq_scale);
-    o->kv_store(c, s->k, s->v, n, (int)s->kv_dim, b->slot, b->pos, s->k_cache[li],
-                s->v_cache[li], (int)s->p.n_ctx);
-
-    memset(&a, 0, sizeof(a));
-    a.n_tokens = n;
-    a.n_head = (int)hp->n_head;
-    a.n_head_kv = (int)hp->n_head_kv;
-    a.head_dim = (int)hp->head_dim;
-    a.q = s->q;
-    a.k_cache = s->k_cache[li];
-    a.v_cache = s->v_cache[li];
-    a.n_ctx = (int)s->p.n_ctx;
-    a.slot = b->slot;
-    a.pos = b->pos;
-    a.scale = 1.0f / sqrtf((float)hp->head_dim);
-    a.out = s->att;
-    o->attention(c, &a);
-
-    o->matmul(c, L->wo, s->att, n, s->xb2);
-    o->add(c, s->x, s->xb2, (size_t)n * hp->n_embd);
-
-    o->rmsnorm(c, s->x, L->ffn_norm, hp->rms_eps, n, (int)hp->n_embd, s->xb);
-    matmul_shared(s, 2, (const st_tensor_t *const[]){ L->w_gate, L->w_up }, s->xb, n,
-                  (float *const[]){ s->hb, s->hb2 });
-    o->swiglu(c, s->hb, s->hb2, (size_t)n * hp->n_ff, s->hb);
-    o->matmul(c, L->w_down, s->hb, n, s->xb2);
-    o->add(c, s->x, s->xb2, (size_t)n * hp->n_embd);
-}
-
 static st_status_t run_head(st_stage_t *s, const st_stage_batch_t *b, st_stage_out_t *out,
                             st_error_t *err)
 {
     const st_backend_ops_t *o = s->be.ops;
     void *c = s->be.ctx;
-    const st_llama_hparams_t *hp = s->hp;
+    const st_hparams_t *hp = s->hp;
     uint32_t n_out = 0;
     st_status_t st;
 
@@ -410,6 +387,8 @@ static st_status_t run_head(st_stage_t *s, const st_stage_batch_t *b, st_stage_o
     if (n_out == 0)
         return o->sync(c);
     o->matmul(c, st_model_output(s->p.model), s->xo, (int)n_out, s->logits);
+    if (hp->final_softcap > 0.0f)
+        o->softcap(c, s->logits, hp->final_softcap, (size_t)n_out * hp->n_vocab);
 
     if (!(b->flags & ST_STAGE_SAMPLE)) {
         if (!out->logits)
@@ -449,13 +428,15 @@ st_status_t st_stage_forward(st_stage_t *s, const st_stage_batch_t *b, st_stage_
     out->n_out = 0;
     hidden_bytes = (size_t)b->n * s->hp->n_embd * sizeof(float);
 
-    if (st_stage_is_first(s))
+    if (st_stage_is_first(s)) {
         o->get_rows(s->be.ctx, st_model_tok_embd(s->p.model), b->tokens, (int)b->n, s->x);
-    else if ((st = o->to_device(s->be.ctx, s->x, b->hidden, hidden_bytes)) != ST_OK)
+        if (s->hp->embd_scale != 1.0f)
+            o->scale(s->be.ctx, s->x, s->hp->embd_scale, (size_t)b->n * s->hp->n_embd);
+    } else if ((st = o->to_device(s->be.ctx, s->x, b->hidden, hidden_bytes)) != ST_OK)
         return st_error_set(err, st, "stage: cannot upload hidden state");
 
     for (uint32_t l = s->p.first_layer; l < s->p.last_layer; l++)
-        run_layer(s, l, b);
+        s->impl->forward(s, l, b);
 
     if (!st_stage_is_last(s)) {
         if (!out->hidden)

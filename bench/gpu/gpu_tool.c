@@ -280,7 +280,7 @@ static int cmd_bench(int argc, char **argv)
         fprintf(stderr, "strata-gpu: %s\n", err.msg);
         return 1;
     }
-    const st_llama_hparams_t *hp = st_model_hparams(m);
+    const st_hparams_t *hp = st_model_hparams(m);
     const uint32_t V = hp->n_vocab, q_dim = hp->n_head * hp->head_dim;
     const uint32_t kv_dim = hp->n_head_kv * hp->head_dim;
     {

@@ -17,6 +17,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "cpu_ext.h"
 #include "cpu_impl.h"
 #include "pool.h"
 #include "st_log.h"
@@ -464,14 +465,17 @@ typedef struct att_job {
 
 static void att_one(const st_cpu_kernels_t *k, const st_attn_args_t *a, int t, int h)
 {
-    const int hd = a->head_dim, kv_dim = a->n_head_kv * hd;
+    const int hd = a->head_dim, hv = a->head_dim_v > 0 ? a->head_dim_v : hd;
+    const int kv_dim = a->kv_stride > 0 ? a->kv_stride : a->n_head_kv * hd;
     const int g = h / (a->n_head / a->n_head_kv);
     const float *q = a->q + ((size_t)t * a->n_head + h) * hd;
-    float *o = a->out + ((size_t)t * a->n_head + h) * hd;
+    float *o = a->out + ((size_t)t * a->n_head + h) * hv;
     const int p = a->pos[t];
+    /* A sliding window starts the scan at the oldest position it keeps. */
+    const int p0 = a->window > 0 && p + 1 > a->window ? p + 1 - a->window : 0;
     float sc[ATT_BLOCK], m = -INFINITY, l = 0.0f;
 
-    memset(o, 0, (size_t)hd * sizeof *o);
+    memset(o, 0, (size_t)hv * sizeof *o);
     if (a->slot[t] < 0 || p < 0 || p >= a->n_ctx) {
         st_error("kernels", "attention: token %d at slot %d pos %d outside the cache (n_ctx %d)",
                  t, a->slot[t], p, a->n_ctx);
@@ -480,30 +484,35 @@ static void att_one(const st_cpu_kernels_t *k, const st_attn_args_t *a, int t, i
     size_t base = (size_t)a->slot[t] * (size_t)a->n_ctx * (size_t)kv_dim + (size_t)g * hd;
     const float *kc = a->k_cache + base, *vc = a->v_cache + base;
 
-    if (k->attn_head && hd % 16 == 0 && hd <= ST_ATTN_HEAD_MAX_DIM) {
-        k->attn_head(q, kc, vc, (size_t)kv_dim, p + 1, hd, a->scale, o);
+    if (k->attn_head && hd % 16 == 0 && hd <= ST_ATTN_HEAD_MAX_DIM && hv == hd &&
+        a->softcap <= 0.0f) {
+        k->attn_head(q, kc + (size_t)p0 * kv_dim, vc + (size_t)p0 * kv_dim, (size_t)kv_dim,
+                     p + 1 - p0, hd, a->scale, o);
         return;
     }
 
     /* Online softmax over blocks of positions: the running output is
      * rescaled once per block when the maximum grows. */
-    for (int j0 = 0; j0 <= p; j0 += ATT_BLOCK) {
+    for (int j0 = p0; j0 <= p; j0 += ATT_BLOCK) {
         int cnt = ST_MIN(ATT_BLOCK, p + 1 - j0);
         float bm = -INFINITY;
         for (int jj = 0; jj < cnt; jj++) {
-            sc[jj] = k->dot_f32(q, kc + (size_t)(j0 + jj) * kv_dim, hd) * a->scale;
-            bm = fmaxf(bm, sc[jj]);
+            float x = k->dot_f32(q, kc + (size_t)(j0 + jj) * kv_dim, hd) * a->scale;
+            if (a->softcap > 0.0f)
+                x = a->softcap * tanhf(x / a->softcap);
+            sc[jj] = x;
+            bm = fmaxf(bm, x);
         }
         float nm = fmaxf(m, bm);
         float corr = m == -INFINITY ? 0.0f : expf(m - nm);
         l = l * corr + k->exp_sum(sc, nm, cnt);
-        k->axpby(o, corr, vc + (size_t)j0 * kv_dim, sc[0], hd);
+        k->axpby(o, corr, vc + (size_t)j0 * kv_dim, sc[0], hv);
         for (int jj = 1; jj < cnt; jj++)
-            k->axpby(o, 1.0f, vc + (size_t)(j0 + jj) * kv_dim, sc[jj], hd);
+            k->axpby(o, 1.0f, vc + (size_t)(j0 + jj) * kv_dim, sc[jj], hv);
         m = nm;
     }
     float inv = 1.0f / l;
-    for (int d = 0; d < hd; d++)
+    for (int d = 0; d < hv; d++)
         o[d] *= inv;
 }
 
@@ -603,7 +612,20 @@ static const st_backend_ops_t cpu_ops = {
     .swiglu = cpu_swiglu,
     .add = cpu_add,
     .matmul_multi = cpu_matmul_multi,
+    .features = ST_BE_ATTN_EX,
+    .rope_ex = st_cpu_rope_ex,
+    .add_row = st_cpu_add_row,
+    .geglu = st_cpu_geglu,
+    .scale = st_cpu_scale,
+    .softcap = st_cpu_softcap,
+    .copy2d = st_cpu_copy2d,
+    .axpy = st_cpu_axpy,
 };
+
+const st_cpu_kernels_t *st_cpu_ctx_kernels(void *ctx)
+{
+    return ((cpu_ctx_t *)ctx)->k;
+}
 
 const st_backend_ops_t *st_backend_cpu_ops(void)
 {

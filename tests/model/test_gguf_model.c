@@ -153,7 +153,7 @@ ST_TEST(tiny_llama_binds)
     st_error_t err;
 
     ST_REQUIRE(st_model_open(build(&b, &o), NULL, &m, &err) == ST_OK);
-    const st_llama_hparams_t *hp = st_model_hparams(m);
+    const st_hparams_t *hp = st_model_hparams(m);
     ST_CHECK(hp->n_layer == 2 && hp->n_embd == 64 && hp->n_ff == 96);
     ST_CHECK(hp->n_head == 4 && hp->n_head_kv == 2 && hp->head_dim == 16);
     ST_CHECK(hp->n_vocab == 8 && hp->n_ctx_train == 256 && hp->rope_dim == 16);
@@ -164,7 +164,7 @@ ST_TEST(tiny_llama_binds)
     const st_gguf_t *g = st_model_gguf(m);
     ST_CHECK(st_model_tok_embd(m) == st_gguf_find_tensor(g, "token_embd.weight"));
     ST_CHECK(st_model_output_norm(m) == st_gguf_find_tensor(g, "output_norm.weight"));
-    const st_llama_layer_t *l1 = st_model_layer(m, 1);
+    const st_layer_t *l1 = st_model_layer(m, 1);
     ST_REQUIRE(l1 != NULL);
     ST_CHECK(l1->wk == st_gguf_find_tensor(g, "blk.1.attn_k.weight"));
     ST_CHECK(l1->wk->ne[0] == 64 && l1->wk->ne[1] == 32);
@@ -243,7 +243,7 @@ ST_TEST(separate_output_and_options)
     gb_free(&b);
 }
 
-static void extra_yarn(gb_t *b)        { gb_kv_str(b, "llama.rope.scaling.type", "yarn"); }
+static void extra_yarn(gb_t *b)        { gb_kv_str(b, "llama.rope.scaling.type", "longrope"); }
 static void extra_bos_oob(gb_t *b)     { gb_kv_u32(b, "tokenizer.ggml.padding_token_id", 8); }
 static void extra_vocab_size(gb_t *b)  { gb_kv_u32(b, "llama.vocab_size", 9); }
 static void extra_rope_dim(gb_t *b)    { gb_kv_u32(b, "llama.rope.dimension_count", 32); }
@@ -258,8 +258,9 @@ ST_TEST(bad_models)
 {
     opts_t o;
 
-    o = defaults(); o.arch = "qwen2";
-    EXPECT_FAIL(&o, ST_ERR_UNSUPPORTED, "architecture 'qwen2' is not supported (supported: llama)");
+    o = defaults(); o.arch = "mamba";
+    EXPECT_FAIL(&o, ST_ERR_UNSUPPORTED, "architecture 'mamba' is not supported (supported: llama, "
+                "qwen2, qwen3, gemma3, deepseek2)");
     o = defaults(); o.skip_key = "general.architecture";
     EXPECT_FAIL(&o, ST_ERR_FORMAT, "key 'general.architecture': missing");
     o = defaults(); o.skip_key = "llama.embedding_length";
@@ -297,7 +298,7 @@ ST_TEST(bad_models)
     o = defaults(); o.extra = extra_bos_oob;
     EXPECT_FAIL(&o, ST_ERR_RANGE, "key 'tokenizer.ggml.padding_token_id': token id 8 outside");
     o = defaults(); o.extra = extra_yarn;
-    EXPECT_FAIL(&o, ST_ERR_UNSUPPORTED, "rope scaling 'yarn' is not supported");
+    EXPECT_FAIL(&o, ST_ERR_UNSUPPORTED, "rope scaling 'longrope' is not supported");
     o = defaults(); o.extra = extra_rope_dim;
     EXPECT_FAIL(&o, ST_ERR_FORMAT, "key 'llama.rope.dimension_count': 32 outside 2..16");
     o = defaults(); o.extra = extra_eps; o.skip_key = "llama.attention.layer_norm_rms_epsilon";
@@ -335,7 +336,7 @@ ST_TEST(real_model)
     if (access(path, R_OK) != 0)
         ST_SKIP("model %s not present (set STRATA_MODEL)", path);
     ST_REQUIRE(st_model_open(path, NULL, &m, &err) == ST_OK);
-    const st_llama_hparams_t *hp = st_model_hparams(m);
+    const st_hparams_t *hp = st_model_hparams(m);
     if (strstr(path, "SmolLM2-135M")) {
         ST_CHECK(hp->n_layer == 30 && hp->n_embd == 576 && hp->n_ff == 1536);
         ST_CHECK(hp->n_head == 9 && hp->n_head_kv == 3 && hp->head_dim == 64);

@@ -238,7 +238,7 @@ def cases() -> dict[str, tuple[bytes, list[str]]]:
     add("alignment_zero", edit(tiny_llama(), lambda g: g.kv_u32("general.alignment", 0)),
         "general.alignment", "0")
     # -- model binding --
-    add("architecture_qwen2", tiny_llama(arch="qwen2"), "architecture 'qwen2' is not supported")
+    add("architecture_mamba", tiny_llama(arch="mamba"), "architecture 'mamba' is not supported")
     add("missing_tensor", tiny_llama(skip_tensor="blk.0.ffn_down.weight"),
         "tensor 'blk.0.ffn_down.weight': missing")
     add("wrong_shape", edit(tiny_llama(), lambda g: g.find("blk.0.ffn_down.weight").update(
@@ -251,8 +251,9 @@ def cases() -> dict[str, tuple[bytes, list[str]]]:
         "expected {32, 9}")
     add("missing_block_count", edit(tiny_llama(), lambda g: setattr(g, "kvs", [
         kv for kv in g.kvs if kv[0] != b"llama.block_count"])), "key 'llama.block_count': missing")
-    add("rope_scaling_yarn", edit(tiny_llama(), lambda g: g.kv_str("llama.rope.scaling.type", "yarn")),
-        "rope scaling 'yarn'")
+    add("rope_scaling_longrope", edit(tiny_llama(), lambda g: g.kv_str("llama.rope.scaling.type",
+                                                                         "longrope")),
+        "rope scaling 'longrope'")
     return c
 
 

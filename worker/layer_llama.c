@@ -1,0 +1,61 @@
+/*
+ * layer_llama.c - the layer forward of the Llama family (llama, qwen2,
+ * qwen3): pre-norm grouped-query attention and a SwiGLU FFN, each added to
+ * the residual stream. Q/K/V biases (qwen2) and per-head Q/K norms (qwen3)
+ * apply when the layer has them (st_lo_gqa_attention).
+ */
+#include <stdlib.h>
+
+#include "stage_internal.h"
+
+static st_status_t llama_init(st_stage_t *s, st_error_t *err)
+{
+    const st_hparams_t *hp = s->hp;
+    unsigned need = hp->rope_mode == ST_ROPE_NEOX || hp->yarn_ext_factor != 0.0f
+                        ? ST_NEED_ROPE_EX : 0;
+    st_gqa_bufs_t *g;
+    st_status_t st;
+
+    for (uint32_t l = s->p.first_layer; l < s->p.last_layer; l++)
+        if (st_model_layer(s->p.model, l)->bq)
+            need |= ST_NEED_ADD_ROW;
+    if ((st = st_stage_need_ops(s, need, err)) != ST_OK)
+        return st;
+    g = calloc(1, sizeof *g);
+    if (!g)
+        return st_error_set(err, ST_ERR_NOMEM, "stage: out of memory");
+    if ((st = st_lo_gqa_alloc(s, g, err)) != ST_OK) {
+        free(g);
+        return st;
+    }
+    s->fam = g;
+    return ST_OK;
+}
+
+static void llama_fini(st_stage_t *s)
+{
+    if (s->fam)
+        st_lo_gqa_free(s, s->fam);
+    free(s->fam);
+    s->fam = NULL;
+}
+
+static void llama_forward(st_stage_t *s, uint32_t l, const st_stage_batch_t *b)
+{
+    const st_backend_ops_t *o = s->be.ops;
+    void *c = s->be.ctx;
+    const st_hparams_t *hp = s->hp;
+    const st_layer_t *L = st_model_layer(s->p.model, l);
+    st_gqa_bufs_t *g = s->fam;
+    const int n = (int)b->n, d = (int)hp->n_embd;
+
+    o->rmsnorm(c, s->x, L->attn_norm, hp->rms_eps, n, d, s->xb);
+    st_lo_gqa_attention(s, L, l - s->p.first_layer, b, g, s->xb, s->xb2);
+    o->add(c, s->x, s->xb2, (size_t)n * d);
+
+    o->rmsnorm(c, s->x, L->ffn_norm, hp->rms_eps, n, d, s->xb);
+    st_lo_glu_ffn(s, L->w_gate, L->w_up, L->w_down, s->xb, n, ST_ACT_SILU, g->h1, g->h2, s->xb2);
+    o->add(c, s->x, s->xb2, (size_t)n * d);
+}
+
+const st_layer_impl_t st_layer_llama = {"llama", llama_init, llama_fini, llama_forward};
