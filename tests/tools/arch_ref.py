@@ -714,6 +714,184 @@ def load_ref(case_name: str, root: Path | None = None) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+# ---- an independent reader: the GGUF run with llama.cpp's semantics ------------
+
+def numpy_forward(path: str | Path, ids: list[int]) -> np.ndarray:
+    """Logits [len(ids), vocab] (float64) computed from the GGUF alone, the
+    way llama.cpp's graphs read it (src/models/{llama,qwen2,qwen3,gemma3,
+    deepseek2}.cpp): NORM (adjacent-pair) rope for llama and deepseek2, NEOX
+    for the others; Gemma's hard-coded swa pattern 6, local theta 10000 and
+    query scale 1/sqrt(head_dim); MLA with the absorbed attn_k_b / attn_v_b;
+    ggml's YaRN. It knows nothing of HF, so its agreement with HF's logits
+    checks the file conventions above independently of strata."""
+    r = gguf.GGUFReader(str(path))
+    kv = {}
+    for k, f in r.fields.items():
+        t0 = gguf.GGUFValueType(f.types[0]) if f.types else None
+        if t0 == gguf.GGUFValueType.STRING:
+            kv[k] = bytes(f.parts[-1]).decode()
+        elif t0 is not None and t0 != gguf.GGUFValueType.ARRAY:
+            kv[k] = f.parts[-1].tolist()[0]
+    T = {}
+    for t in r.tensors:
+        if t.tensor_type != QT.F32:
+            raise ValueError("numpy_forward reads F32 files only")
+        T[t.name] = np.array(t.data, dtype=np.float64).reshape([int(x) for x in t.shape][::-1])
+    a = kv["general.architecture"]
+
+    def K(key, default=None):
+        return kv.get(f"{a}.{key}", default)
+
+    n_layer, n_embd = K("block_count"), K("embedding_length")
+    n_head, n_kv = K("attention.head_count"), K("attention.head_count_kv")
+    eps = K("attention.layer_norm_rms_epsilon")
+    base = K("rope.freq_base", 10000.0)
+    n = len(ids)
+    pos = np.arange(n, dtype=np.float64)
+
+    def rms(x, w):
+        return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
+
+    def rope(x, n_rot, neox, theta_base, yarn=None):
+        """x [..., n_tok, head]; rotates the first n_rot dims."""
+        i = np.arange(n_rot // 2, dtype=np.float64)
+        freq = theta_base ** (-2.0 * i / n_rot)
+        if yarn is not None:                      # ggml's rope_yarn, ext_factor 1
+            factor, n_orig, b_fast, b_slow = yarn
+
+            def corr(nr):
+                return n_rot * np.log(n_orig / (nr * 2 * np.pi)) / (2 * np.log(theta_base))
+            lo = max(0.0, np.floor(corr(b_fast)))
+            hi = min(n_rot - 1.0, np.ceil(corr(b_slow)))
+            ramp = 1 - np.clip((i - lo) / max(0.001, hi - lo), 0, 1)
+            freq = freq / factor * (1 - ramp) + freq * ramp
+        th = pos[:, None] * freq[None, :]
+        c, s_ = np.cos(th), np.sin(th)
+        y = x.copy()
+        if neox:
+            x0, x1 = x[..., :n_rot // 2], x[..., n_rot // 2:n_rot]
+            y[..., :n_rot // 2] = x0 * c - x1 * s_
+            y[..., n_rot // 2:n_rot] = x0 * s_ + x1 * c
+        else:
+            x0, x1 = x[..., 0:n_rot:2], x[..., 1:n_rot:2]
+            y[..., 0:n_rot:2] = x0 * c - x1 * s_
+            y[..., 1:n_rot:2] = x0 * s_ + x1 * c
+        return y
+
+    def attend(q, k, v, scale, window=None):
+        """q [h, n, d], k/v [h_kv, n, d] -> [n, h * dv]."""
+        rep = q.shape[0] // k.shape[0]
+        k, v = np.repeat(k, rep, 0), np.repeat(v, rep, 0)
+        sc = q @ k.transpose(0, 2, 1) * scale
+        qi, ki = np.arange(n)[:, None], np.arange(n)[None, :]
+        mask = ki > qi
+        if window is not None:
+            mask |= qi - ki >= window
+        sc = np.where(mask[None], -np.inf, sc)
+        p = np.exp(sc - sc.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        return (p @ v).transpose(1, 0, 2).reshape(n, -1)
+
+    def lin(name, x):
+        y = x @ T[name + ".weight"].T
+        return y + T[name + ".bias"] if name + ".bias" in T else y
+
+    def silu(x):
+        return x / (1 + np.exp(-x))
+
+    def gelu(x):
+        return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+    x = T["token_embd.weight"][ids]
+    if a == "gemma3":
+        x = x * np.sqrt(n_embd)
+    for L in range(n_layer):
+        b = f"blk.{L}."
+        h = rms(x, T[b + "attn_norm.weight"])
+        if a == "deepseek2":
+            nh = n_head
+            kl, vl = K("attention.key_length_mla"), K("attention.value_length_mla")
+            n_rot, r_kv = K("rope.dimension_count"), K("attention.kv_lora_rank")
+            nope = kl - n_rot
+            if b + "attn_q_a.weight" in T:
+                q = lin(b + "attn_q_b", rms(lin(b + "attn_q_a", h), T[b + "attn_q_a_norm.weight"]))
+            else:
+                q = lin(b + "attn_q", h)
+            q = q.reshape(n, nh, kl).transpose(1, 0, 2)
+            kva = lin(b + "attn_kv_a_mqa", h)
+            lat = rms(kva[:, :r_kv], T[b + "attn_kv_a_norm.weight"])      # [n, r_kv]
+            yarn, mscale = None, 1.0
+            if K("rope.scaling.type") == "yarn":
+                fac = K("rope.scaling.factor")
+                yarn = (fac, K("rope.scaling.original_context_length"),
+                        K("rope.scaling.yarn_beta_fast", 32.0), K("rope.scaling.yarn_beta_slow", 1.0))
+                mscale = 1.0 + K("rope.scaling.yarn_log_multiplier", 0.0) * np.log(fac)
+            q_pe = rope(q[..., nope:], n_rot, False, base, yarn)
+            k_pe = rope(kva[None, :, r_kv:], n_rot, False, base, yarn)[0]   # [n, rope]
+            q_abs = np.einsum("hnd,hrd->hnr", q[..., :nope], T[b + "attn_k_b.weight"])
+            sc = (q_abs @ lat.T + q_pe @ k_pe.T) * mscale * mscale / np.sqrt(kl)
+            sc = np.where((np.arange(n)[None, :] > np.arange(n)[:, None])[None], -np.inf, sc)
+            p = np.exp(sc - sc.max(-1, keepdims=True))
+            p /= p.sum(-1, keepdims=True)
+            o_lat = p @ lat                                                  # [h, n, r_kv]
+            o = np.einsum("hnr,hvr->nhv", o_lat, T[b + "attn_v_b.weight"]).reshape(n, nh * vl)
+            x = x + lin(b + "attn_output", o)
+        else:
+            hd = K("attention.key_length", n_embd // n_head)
+            q = lin(b + "attn_q", h).reshape(n, n_head, hd).transpose(1, 0, 2)
+            k = lin(b + "attn_k", h).reshape(n, n_kv, hd).transpose(1, 0, 2)
+            v = lin(b + "attn_v", h).reshape(n, n_kv, hd).transpose(1, 0, 2)
+            if b + "attn_q_norm.weight" in T:
+                q, k = rms(q, T[b + "attn_q_norm.weight"]), rms(k, T[b + "attn_k_norm.weight"])
+            window, theta = None, base
+            if a == "gemma3" and L % 6 < 5:
+                window, theta = K("attention.sliding_window"), 10000.0
+            n_rot = K("rope.dimension_count", hd)
+            q, k = rope(q, n_rot, a != "llama", theta), rope(k, n_rot, a != "llama", theta)
+            o = lin(b + "attn_output", attend(q, k, v, hd ** -0.5, window))
+            if a == "gemma3":
+                o = rms(o, T[b + "post_attention_norm.weight"])
+            x = x + o
+        h = rms(x, T[b + "ffn_norm.weight"])
+        if b + "ffn_gate_inp.weight" in T:
+            logits = h @ T[b + "ffn_gate_inp.weight"].T                      # [n, E]
+            gf = K("expert_gating_func", 1)
+            s = 1 / (1 + np.exp(-logits)) if gf == 2 else \
+                np.exp(logits - logits.max(-1, keepdims=True))
+            if gf != 2:
+                s = s / s.sum(-1, keepdims=True)
+            choice = s + T.get(b + "exp_probs_b.bias", 0.0)
+            E, k_used = s.shape[1], K("expert_used_count")
+            ng, tg = K("expert_group_count", 1) or 1, K("expert_group_used_count", 1) or 1
+            if ng > 1:
+                gsc = np.sort(choice.reshape(n, ng, E // ng), -1)[..., -2:].sum(-1)
+                keep = np.argsort(-gsc, -1)[:, :tg]
+                gmask = np.zeros((n, ng), bool)
+                np.put_along_axis(gmask, keep, True, 1)
+                choice = np.where(np.repeat(gmask, E // ng, 1), choice, -np.inf)
+            sel = np.argsort(-choice, -1)[:, :k_used]
+            wsel = np.take_along_axis(s, sel, 1)
+            if K("expert_weights_norm", False):
+                wsel = wsel / wsel.sum(-1, keepdims=True)
+            wsel = wsel * K("expert_weights_scale", 1.0)
+            y = np.zeros_like(x)
+            G, U, D = (T[b + f"ffn_{w}_exps.weight"] for w in ("gate", "up", "down"))
+            for t_ in range(n):
+                for j, e in enumerate(sel[t_]):
+                    y[t_] += wsel[t_, j] * (D[e] @ (silu(G[e] @ h[t_]) * (U[e] @ h[t_])))
+            if b + "ffn_gate_shexp.weight" in T:
+                y += lin(b + "ffn_down_shexp", silu(lin(b + "ffn_gate_shexp", h))
+                         * lin(b + "ffn_up_shexp", h))
+        else:
+            act = gelu if a == "gemma3" else silu
+            y = lin(b + "ffn_down", act(lin(b + "ffn_gate", h)) * lin(b + "ffn_up", h))
+            if a == "gemma3":
+                y = rms(y, T[b + "post_ffw_norm.weight"])
+        x = x + y
+    x = rms(x, T["output_norm.weight"])
+    return x @ T.get("output.weight", T["token_embd.weight"]).T
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("cases", nargs="*", help="default: all")
