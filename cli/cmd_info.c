@@ -74,6 +74,36 @@ static int usage(FILE *f)
     return f == stdout ? 0 : 2;
 }
 
+/* What a decode token costs, summed over the layers: KV bytes stored (and
+ * what full per-head K and V would take: MLA stores a latent instead), layer
+ * weight bytes read (a MoE layer: only its active experts) and the count of
+ * sliding-window layers. */
+typedef struct info_sums {
+    uint64_t kv, kv_full, layer_bytes, active_bytes;
+    uint32_t n_swa, n_moe;
+} info_sums_t;
+
+static info_sums_t sums_of(const st_model_t *m)
+{
+    const st_hparams_t *hp = st_model_hparams(m);
+    info_sums_t u = {0};
+    u.kv = st_model_kv_bytes_per_token_layer(m) * hp->n_layer;
+    u.kv_full = st_model_kv_full_bytes_per_token_layer(m) * hp->n_layer;
+    for (uint32_t i = 0; i < hp->n_layer; i++) {
+        const st_layer_t *l = st_model_layer(m, i);
+        u.layer_bytes += st_model_layer_bytes(m, i);
+        u.active_bytes += st_model_layer_active_bytes(m, i);
+        u.n_swa += l->swa_window != 0;
+        u.n_moe += l->is_moe != 0;
+    }
+    return u;
+}
+
+static const char *gating_name(st_gating_t g)
+{
+    return g == ST_GATING_SIGMOID ? "sigmoid" : "softmax";
+}
+
 static void print_text(const st_model_t *m, const type_usage_t *use, uint64_t total)
 {
     const st_gguf_t *g = st_model_gguf(m);
@@ -104,8 +134,34 @@ static void print_text(const st_model_t *m, const type_usage_t *use, uint64_t to
            have_model ? st_gguf_str_printable(tmodel, buf, sizeof(buf)) : "none",
            have_pre ? st_gguf_str_printable(tpre, buf2, sizeof(buf2)) : "none");
     printf("chat template:  %s\n", have_tmpl ? "present" : "absent");
-    printf("kv cache:       %" PRIu64 " bytes per token (f32, all layers)\n",
-           st_model_kv_bytes_per_token_layer(m) * hp->n_layer);
+    info_sums_t u = sums_of(m);
+    if (hp->kv_lora_rank) {
+        printf("attention:      MLA, q_lora_rank %" PRIu32 ", kv_lora_rank %" PRIu32
+               ", key %" PRIu32 " + rope %" PRIu32 ", value %" PRIu32 "\n", hp->q_lora_rank,
+               hp->kv_lora_rank, hp->qk_nope_dim, hp->qk_rope_dim, hp->v_head_dim_mla);
+    }
+    if (u.n_swa)
+        printf("attention:      sliding window %" PRIu32 " on %" PRIu32 " of %" PRIu32
+               " layers (rope base %g there)\n", hp->swa_window, u.n_swa, hp->n_layer,
+               (double)hp->rope_theta_swa);
+    if (hp->n_expert) {
+        printf("experts:        %" PRIu32 " (%" PRIu32 " used, %" PRIu32 " shared, width %" PRIu32
+               ") in %" PRIu32 " layers, %" PRIu32 " dense first; %s gating", hp->n_expert,
+               hp->n_expert_used, hp->n_expert_shared, hp->n_ff_exp, u.n_moe,
+               hp->n_layer_dense_lead, gating_name(hp->expert_gating));
+        if (hp->n_expert_group > 1)
+            printf(", %" PRIu32 " groups (%" PRIu32 " used)", hp->n_expert_group,
+                   hp->n_expert_group_used);
+        printf("%s, scale %g\n", hp->expert_weights_norm ? ", weights normalized" : "",
+               (double)hp->expert_weights_scale);
+    }
+    if (u.kv_full != u.kv)
+        printf("kv cache:       %" PRIu64 " bytes per token (f32, all layers; full K/V would be %"
+               PRIu64 ", %.1fx)\n", u.kv, u.kv_full, (double)u.kv_full / (double)u.kv);
+    else
+        printf("kv cache:       %" PRIu64 " bytes per token (f32, all layers)\n", u.kv);
+    printf("layer weights:  %" PRIu64 " bytes, %" PRIu64 " read per token\n", u.layer_bytes,
+           u.active_bytes);
     printf("tensors:        %" PRIu64 " (%" PRIu64 " bytes)\n", st_gguf_n_tensors(g), total);
     for (uint32_t t = 0; t < ST_DTYPE_COUNT_; t++)
         if (use[t].count)
@@ -144,8 +200,27 @@ static void print_json(const st_model_t *m, const type_usage_t *use, uint64_t to
     else printf("null");
     printf("}, \"chat_template\": %s",
            st_gguf_get_str(g, "tokenizer.chat_template", &s) == ST_OK ? "true" : "false");
-    printf(", \"kv_bytes_per_token\": %" PRIu64,
-           st_model_kv_bytes_per_token_layer(m) * hp->n_layer);
+    info_sums_t u = sums_of(m);
+    printf(", \"kv_bytes_per_token\": %" PRIu64 ", \"kv_full_bytes_per_token\": %" PRIu64
+           ", \"layer_bytes\": %" PRIu64 ", \"layer_bytes_per_token\": %" PRIu64, u.kv, u.kv_full,
+           u.layer_bytes, u.active_bytes);
+    if (hp->kv_lora_rank)
+        printf(", \"mla\": {\"q_lora_rank\": %" PRIu32 ", \"kv_lora_rank\": %" PRIu32
+               ", \"qk_nope_dim\": %" PRIu32 ", \"qk_rope_dim\": %" PRIu32 ", \"v_head_dim\": %"
+               PRIu32 "}", hp->q_lora_rank, hp->kv_lora_rank, hp->qk_nope_dim, hp->qk_rope_dim,
+               hp->v_head_dim_mla);
+    if (u.n_swa)
+        printf(", \"sliding_window\": {\"window\": %" PRIu32 ", \"layers\": %" PRIu32
+               ", \"rope_theta\": %.9g}", hp->swa_window, u.n_swa, (double)hp->rope_theta_swa);
+    if (hp->n_expert)
+        printf(", \"moe\": {\"n_expert\": %" PRIu32 ", \"n_expert_used\": %" PRIu32
+               ", \"n_expert_shared\": %" PRIu32 ", \"expert_ff\": %" PRIu32 ", \"moe_layers\": %"
+               PRIu32 ", \"dense_lead\": %" PRIu32 ", \"gating\": \"%s\", \"groups\": %" PRIu32
+               ", \"groups_used\": %" PRIu32 ", \"weights_norm\": %s, \"weights_scale\": %.9g}",
+               hp->n_expert, hp->n_expert_used, hp->n_expert_shared, hp->n_ff_exp, u.n_moe,
+               hp->n_layer_dense_lead, gating_name(hp->expert_gating), hp->n_expert_group,
+               hp->n_expert_group_used, hp->expert_weights_norm ? "true" : "false",
+               (double)hp->expert_weights_scale);
     printf(", \"n_tensors\": %" PRIu64 ", \"tensor_bytes\": %" PRIu64 ", \"types\": {",
            st_gguf_n_tensors(g), total);
     for (uint32_t t = 0; t < ST_DTYPE_COUNT_; t++) {

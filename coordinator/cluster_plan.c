@@ -265,7 +265,7 @@ st_status_t cl_compute_split(st_cluster_t *c, wrec_t **cand, uint32_t n_cand,
     {
         const st_hparams_t *hp = st_model_hparams(c->model);
         st_plan_worker_t pw[ST_CTRL_MAX_STAGES];
-        uint64_t *lb = calloc(n_layer, sizeof(uint64_t));
+        uint64_t *lb = calloc(2ull * n_layer, sizeof(uint64_t));  /* bytes, then work */
         st_plan_params_t pp;
         st_plan_t *plan = NULL;
         uint32_t n = ST_MIN(n_cand, (uint32_t)ST_CTRL_MAX_STAGES);
@@ -273,8 +273,10 @@ st_status_t cl_compute_split(st_cluster_t *c, wrec_t **cand, uint32_t n_cand,
 
         if (!lb)
             return st_error_set(err, ST_ERR_NOMEM, "out of memory");
-        for (uint32_t i = 0; i < n_layer; i++)
+        for (uint32_t i = 0; i < n_layer; i++) {
             lb[i] = st_model_layer_bytes(c->model, i);
+            lb[n_layer + i] = st_model_layer_active_bytes(c->model, i);
+        }
         memset(pw, 0, sizeof(pw));
         for (uint32_t i = 0; i < n; i++) {
             snprintf(pw[i].name, sizeof(pw[i].name), "%s", cand[i]->name);
@@ -286,6 +288,7 @@ st_status_t cl_compute_split(st_cluster_t *c, wrec_t **cand, uint32_t n_cand,
         pp.size = sizeof(pp);
         pp.model.n_layer = n_layer;
         pp.model.layer_bytes = lb;
+        pp.model.layer_work = lb + n_layer;
         pp.model.embd_bytes = st_model_embd_bytes(c->model);
         pp.model.output_bytes = st_model_output_bytes(c->model);
         pp.model.kv_bytes_per_token_layer = st_model_kv_bytes_per_token_layer(c->model);

@@ -366,10 +366,15 @@ st_status_t st_plan_compute(const st_plan_params_t *p, st_plan_t **out, st_error
         }
         min_layer = ST_MIN(min_layer, with_kv);
     }
-    /* A layer's time is its weight bytes over the speed (decode reads every
-     * weight once per token); layers without weights count as equal. */
+    /* A layer's time is the bytes one decode token reads in it over the
+     * speed: every weight of a dense layer, only the active experts of a MoE
+     * layer (whose memory, above, still counts all of them). Layers that
+     * read nothing count as equal. */
+    const uint64_t *work = p->model.layer_work ? p->model.layer_work : p->model.layer_bytes;
+    double work_total = 0;
+    for (uint32_t i = 0; i < L; i++) work_total += (double)work[i];
     for (uint32_t i = 0; i < L; i++)
-        c.pw[i + 1] = c.pw[i] + (c.pb[L] ? (double)p->model.layer_bytes[i] : 1.0);
+        c.pw[i + 1] = c.pw[i] + (work_total > 0 ? (double)work[i] : 1.0);
 
     plan = calloc(1, sizeof(*plan));
     u = malloc(N * sizeof(*u));

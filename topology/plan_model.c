@@ -26,9 +26,12 @@ st_status_t st_plan_model_from_file(const char *path, uint32_t n_ctx, uint32_t n
                          hp->n_layer, ST_PLAN_MAX_LAYERS);
         goto err_model;
     }
-    d.layer_bytes = malloc(hp->n_layer * sizeof(*d.layer_bytes));
+    d.layer_bytes = malloc(2ull * hp->n_layer * sizeof(*d.layer_bytes));
     if (!d.layer_bytes) { s = st_error_set(err, ST_ERR_NOMEM, "plan: out of memory"); goto err_model; }
-    for (uint32_t i = 0; i < hp->n_layer; i++) d.layer_bytes[i] = st_model_layer_bytes(m, i);
+    for (uint32_t i = 0; i < hp->n_layer; i++) {
+        d.layer_bytes[i] = st_model_layer_bytes(m, i);
+        d.layer_bytes[hp->n_layer + i] = st_model_layer_active_bytes(m, i);
+    }
     d.n_ctx_train = hp->n_ctx_train;
     d.n_ctx = n_ctx ? n_ctx : hp->n_ctx_train;
     if (d.n_ctx == 0) {
@@ -43,6 +46,7 @@ st_status_t st_plan_model_from_file(const char *path, uint32_t n_ctx, uint32_t n
     d.logits_bytes_per_seq = 4ull * hp->n_vocab;
     d.model.n_layer = hp->n_layer;
     d.model.layer_bytes = d.layer_bytes;
+    d.model.layer_work = d.layer_bytes + hp->n_layer;
     d.model.embd_bytes = st_model_embd_bytes(m);
     if (st_add_overflow_u64(st_model_output_bytes(m), d.logits_bytes_per_seq * n_seq,
                             &d.model.output_bytes)) {
@@ -69,4 +73,5 @@ void st_plan_model_desc_free(st_plan_model_desc_t *d)
     free(d->layer_bytes);
     d->layer_bytes = NULL;
     d->model.layer_bytes = NULL;
+    d->model.layer_work = NULL;
 }

@@ -66,6 +66,10 @@ typedef struct st_plan_worker {
 typedef struct st_plan_model {
     uint32_t        n_layer;
     const uint64_t *layer_bytes;              /* [n_layer] weight bytes of each layer */
+    const uint64_t *layer_work;               /* [n_layer] bytes one token reads in each layer
+                                               * (a MoE layer: only its active experts),
+                                               * what the stages are balanced on; NULL:
+                                               * layer_bytes (every weight is read) */
     uint64_t        embd_bytes;               /* token embedding: first stage */
     uint64_t        output_bytes;             /* output norm + head + logits: last stage */
     uint64_t        kv_bytes_per_token_layer; /* K and V of one token in one layer */

@@ -24,8 +24,8 @@
 #include "st_status.h"
 
 typedef struct st_plan_model_desc {
-    st_plan_model_t model;          /* layer_bytes points into this struct's storage */
-    uint64_t       *layer_bytes;    /* owned */
+    st_plan_model_t model;          /* layer_bytes/layer_work point into this struct's storage */
+    uint64_t       *layer_bytes;    /* owned: [2 * n_layer], weight bytes then bytes read per token */
     uint64_t        logits_bytes_per_seq;  /* n_vocab * 4 */
     uint32_t        n_ctx;          /* the n_ctx used (n_ctx_train when 0 was asked) */
     uint32_t        n_ctx_train;

@@ -231,3 +231,39 @@ def test_gemma3_norms_stored_plus_one(refs):
     assert kv["gemma3.attention.key_length"] == 32
     assert kv["gemma3.rope.freq_base_swa"] == 10000.0
     assert kv["gemma3.block_count"] == 6
+
+
+def test_info_reports_mla_cache_and_active_expert_bytes(strata, refs):
+    """`strata info --json` on the MoE/MLA files: the KV cache holds the
+    latent and the rope key per token and layer (kv_lora_rank + rope dims),
+    against every head's K and V; per-token layer bytes count only the
+    used experts of each MoE layer. Expected values from the GGUF's own
+    tensor sizes (gguf-py) and the HF config."""
+    import gguf
+    import json
+    for case in ("deepseek3", "deepseek2lite"):
+        p, _ = refs(case)
+        c = arch_ref.CASES[case].config
+        r = run([strata, "info", str(p["gguf"]), "--json"])
+        assert r.returncode == 0, r.stderr
+        j = json.loads(r.stdout)
+        L, H = c["num_hidden_layers"], c["num_attention_heads"]
+        assert j["kv_bytes_per_token"] == 4 * L * (c["kv_lora_rank"] + c["qk_rope_head_dim"])
+        assert j["kv_full_bytes_per_token"] == 4 * L * H * (
+            c["qk_nope_head_dim"] + c["qk_rope_head_dim"] + c["v_head_dim"])
+        total = active = 0
+        for t in gguf.GGUFReader(str(p["gguf"])).tensors:
+            if not t.name.startswith("blk."):
+                continue
+            total += int(t.n_bytes)
+            active += int(t.n_bytes) * c["num_experts_per_tok"] // c["n_routed_experts"] \
+                if "_exps." in t.name else int(t.n_bytes)
+        assert j["layer_bytes"] == total and j["layer_bytes_per_token"] == active
+        m = j["moe"]
+        assert (m["n_expert"], m["n_expert_used"], m["n_expert_shared"]) == (
+            c["n_routed_experts"], c["num_experts_per_tok"], c["n_shared_experts"])
+        assert m["dense_lead"] == c["first_k_dense_replace"]
+        assert m["moe_layers"] == L - c["first_k_dense_replace"]
+        assert j["mla"]["kv_lora_rank"] == c["kv_lora_rank"]
+        assert j["mla"]["q_lora_rank"] == (c["q_lora_rank"] or 0)
+    assert j["moe"]["gating"] == "softmax"

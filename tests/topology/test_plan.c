@@ -102,6 +102,30 @@ ST_TEST(half_speed_gets_half_the_layers)
     st_plan_free(plan);
 }
 
+/* A MoE model: every layer holds 40 MiB (all experts resident) but the
+ * first two are dense and read all 40 MiB per token, the other six read
+ * 10 MiB (their active experts). By bytes two equal workers split 4 | 4
+ * (reads 100 | 40 MiB per token); by work the best cut is 2 | 6 (80 | 60). */
+ST_TEST(moe_layers_weigh_by_active_bytes)
+{
+    static inst_t in;
+    static uint64_t work[8];
+    st_error_t err;
+    st_plan_t *plan;
+    inst_init(&in, 8, 2);
+    for (uint32_t i = 0; i < 8; i++) {
+        in.layers[i] = 40 * MiB;
+        work[i] = i < 2 ? 40 * MiB : 10 * MiB;
+    }
+    ST_REQUIRE(st_plan_compute(&in.p, &plan, &err) == ST_OK);
+    ST_CHECK(layers_of(plan, 0) == 4 && layers_of(plan, 1) == 4);   /* bytes alone */
+    st_plan_free(plan);
+    in.p.model.layer_work = work;
+    ST_REQUIRE(st_plan_compute(&in.p, &plan, &err) == ST_OK);
+    ST_CHECK(st_plan_stage(plan, 0)->n_layers == 2 && st_plan_stage(plan, 1)->n_layers == 6);
+    st_plan_free(plan);
+}
+
 ST_TEST(too_small_worker_gets_none_and_is_reported)
 {
     static inst_t in;
