@@ -108,9 +108,12 @@ int st_bench_decode(int argc, char **argv)
         dec = calloc((size_t)reps, sizeof(double));
         if (!tok || !pos || !slot || !pre || !dec)
             goto out;
-        /* A fixed, deterministic prompt of ordinary token ids. */
+        /* A fixed, deterministic prompt of ordinary token ids (clear of the
+         * specials at both ends of a real vocabulary; a synthetic one of a
+         * few hundred ids is used whole). */
+        uint32_t lo = vocab > 4000 ? 1000 : 0, span = vocab > 4000 ? vocab - 2000 : vocab;
         for (long i = 0; i < P; i++) {
-            tok[i] = (int32_t)(1000 + (i * 7919) % (vocab - 2000));
+            tok[i] = (int32_t)(lo + (uint32_t)(i * 7919) % span);
             pos[i] = (int32_t)i;
         }
         for (long r = 0; r < reps; r++) {
@@ -146,27 +149,44 @@ int st_bench_decode(int argc, char **argv)
         /* Peak RSS first: the bandwidth probe below allocates a buffer the
          * size of the weights, which is the benchmark's, not the engine's. */
         uint64_t rss = peak_rss(), kv = st_stage_kv_bytes(s);
+        /* Bytes per token count only the experts a token uses. The probe
+         * reads as much as decode does, except for a MoE model: its tokens
+         * pick other experts each step out of the whole file, so a probe of
+         * the active bytes alone would sit in the cache and flatter decode. */
+        const st_hparams_t *hp = st_model_hparams(m);
         uint64_t bpt = st_stage_weight_bytes(s);
-        double bw = st_cpu_read_bandwidth_gbps(bpt, (int)threads);
-        double frac = bw > 0 ? dec_med * (double)bpt / (bw * 1e9) : 0;
         uint64_t fsize = stat(model_path, &stt) == 0 ? (uint64_t)stt.st_size : 0;
+        uint64_t probe = hp->n_expert && fsize > bpt ? fsize : bpt;
+        uint64_t kvt = st_model_kv_bytes_per_token_layer(m) * hp->n_layer;
+        uint64_t kvt_full = st_model_kv_full_bytes_per_token_layer(m) * hp->n_layer;
+        double bw = st_cpu_read_bandwidth_gbps(probe, (int)threads);
+        double frac = bw > 0 ? dec_med * (double)bpt / (bw * 1e9) : 0;
         if (json) {
             printf("{\"model\":\"%s\",\"threads\":%ld,\"isa\":\"%s\",\"prompt_tokens\":%ld,"
                    "\"gen_tokens\":%ld,\"reps\":%ld,\"prefill_tokens_per_s\":%.1f,"
                    "\"decode_tokens_per_s\":%.1f,\"bytes_per_token\":%llu,"
                    "\"read_bandwidth_gbps\":%.2f,\"bandwidth_fraction\":%.3f,"
                    "\"peak_rss_bytes\":%llu,\"file_bytes\":%llu,\"kv_cache_bytes\":%llu,"
-                   "\"ctx\":%ld}\n",
+                   "\"ctx\":%ld,\"arch\":\"%s\",\"n_expert\":%u,\"n_expert_used\":%u,"
+                   "\"kv_bytes_per_token\":%llu,\"kv_full_bytes_per_token\":%llu}\n",
                    model_path, threads, st_cpu_isa_string(), P, G, reps, pre_med, dec_med,
                    (unsigned long long)bpt, bw, frac, (unsigned long long)rss,
-                   (unsigned long long)fsize, (unsigned long long)kv, ctx);
+                   (unsigned long long)fsize, (unsigned long long)kv, ctx, st_model_arch(m),
+                   hp->n_expert, hp->n_expert_used, (unsigned long long)kvt,
+                   (unsigned long long)kvt_full);
         } else {
             printf("model            %s\n", model_path);
             printf("threads          %ld (%s)\n", threads, st_cpu_isa_string());
             printf("prefill          %.1f tokens/s  (%ld-token prompt, median of %ld)\n", pre_med, P, reps);
             printf("decode           %.1f tokens/s  (%ld tokens, median of %ld)\n", dec_med, G, reps);
-            printf("bytes per token  %.1f MB of weights\n", (double)bpt / 1e6);
-            printf("read bandwidth   %.2f GB/s measured with %ld threads over %.0f MB\n", bw, threads, (double)bpt / 1e6);
+            if (hp->n_expert)
+                printf("bytes per token  %.1f MB of weights (%u of %u experts per MoE layer)\n",
+                       (double)bpt / 1e6, hp->n_expert_used, hp->n_expert);
+            else
+                printf("bytes per token  %.1f MB of weights\n", (double)bpt / 1e6);
+            printf("kv per token     %llu bytes (full K/V would be %llu)\n",
+                   (unsigned long long)kvt, (unsigned long long)kvt_full);
+            printf("read bandwidth   %.2f GB/s measured with %ld threads over %.0f MB\n", bw, threads, (double)probe / 1e6);
             printf("decode/bandwidth %.1f %% of the read roofline (%.0f tokens/s)\n", 100 * frac,
                    bw * 1e9 / (double)bpt);
             printf("peak RSS         %.1f MB (file %.1f MB + KV cache %.1f MB for ctx %ld; budget +64 MiB = %.1f MB)\n",
