@@ -41,7 +41,7 @@
  * Scales below ~1e-34 lose precision in d2 (a subnormal) and blocks whose
  * d2 underflows to zero read as zero: far below anything a model produces.
  *
- * Float-activation formulation (Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K:
+ * Float-activation formulation (Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K:
  * st_cpu_kq_type). These weights are decoded block by block in registers
  * (kern_kq.h: w = fma(u, D, O) per chunk of 32) and multiplied with the
  * float activations as they are: no activation quantization, no
@@ -130,7 +130,8 @@ static inline int st_qblock_bytes(int type)
 static inline int st_cpu_kq_type(int type)
 {
     return type == ST_DTYPE_Q5_0 || type == ST_DTYPE_Q5_1 || type == ST_DTYPE_Q2_K ||
-           type == ST_DTYPE_Q3_K || type == ST_DTYPE_Q4_K || type == ST_DTYPE_Q5_K;
+           type == ST_DTYPE_Q3_K || type == ST_DTYPE_Q4_K || type == ST_DTYPE_Q5_K ||
+           type == ST_DTYPE_Q6_K;
 }
 
 /* One float-activation matmul call (kgemv) as the kernels see it. */

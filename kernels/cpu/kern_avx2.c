@@ -391,7 +391,7 @@ static float exp_sum_avx2(float *x, float mx, int n)
     return sum;
 }
 
-/* ---- float-activation matmul: Q5_0, Q5_1, Q2_K..Q5_K (kern_kq.h) ----
+/* ---- float-activation matmul: Q5_0, Q5_1, Q2_K..Q6_K (kern_kq.h) ----
  * As in kern_avx512.c: four accumulators per token (vector k of a chunk
  * adds to accumulator k), 2 tokens per pass; n <= 2 decodes in registers,
  * larger n decodes a row once into scratch (the same floats). */
@@ -515,6 +515,7 @@ static void kgemv_avx2(const st_kmm_args_t *a, int r0, int r1, float *scratch)
     case ST_DTYPE_Q3_K: kgemv256_type(ST_DTYPE_Q3_K, a, r0, r1, scratch); break;
     case ST_DTYPE_Q4_K: kgemv256_type(ST_DTYPE_Q4_K, a, r0, r1, scratch); break;
     case ST_DTYPE_Q5_K: kgemv256_type(ST_DTYPE_Q5_K, a, r0, r1, scratch); break;
+    case ST_DTYPE_Q6_K: kgemv256_type(ST_DTYPE_Q6_K, a, r0, r1, scratch); break;
     default: break;
     }
 }

@@ -593,7 +593,7 @@ static void attn_head_avx512(const float *q, const float *k, const float *v, siz
         attn_head_n(q, k, v, kv_stride, npos, head_dim / 16, scale, out);
 }
 
-/* ---- float-activation matmul: Q5_0, Q5_1, Q2_K..Q5_K (kern_kq.h) ---- */
+/* ---- float-activation matmul: Q5_0, Q5_1, Q2_K..Q6_K (kern_kq.h) ---- */
 
 #define KQ_T512 4   /* tokens per pass over a row: 16 accumulators */
 
@@ -762,6 +762,7 @@ static void kgemv_avx512(const st_kmm_args_t *a, int r0, int r1, float *scratch)
     case ST_DTYPE_Q3_K: kgemv512_type(ST_DTYPE_Q3_K, a, r0, r1, scratch); break;
     case ST_DTYPE_Q4_K: kgemv512_type(ST_DTYPE_Q4_K, a, r0, r1, scratch); break;
     case ST_DTYPE_Q5_K: kgemv512_type(ST_DTYPE_Q5_K, a, r0, r1, scratch); break;
+    case ST_DTYPE_Q6_K: kgemv512_type(ST_DTYPE_Q6_K, a, r0, r1, scratch); break;
     default: break;
     }
 }

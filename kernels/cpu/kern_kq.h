@@ -1,13 +1,14 @@
 /*
  * kern_kq.h - weight decoding for the float-activation matmul of Q5_0,
- * Q5_1 and Q2_K..Q5_K (cpu_impl.h: st_cpu_kq_type), shared by the AVX2 and
+ * Q5_1 and Q2_K..Q6_K (cpu_impl.h: st_cpu_kq_type), shared by the AVX2 and
  * AVX-512 files (static inline: each compiles it with its own -m flags;
  * include only from files built with at least AVX2 + F16C).
  *
  * Every type is read as chunks of 32 values, w = D[h] * u + O[h] with u a
  * small unsigned integer and h the chunk's half of 16 (see st_dtype.h):
  *   kq_scales   the (D, O) pairs of one block: 2 for Q5_0/Q5_1 (one chunk
- *               per block), 16 for the K types (8 chunks per block)
+ *               per block), 16 for the K types (8 chunks per block;
+ *               Q6_K: 16 int8 scales, O = -32 D)
  *   kq_u8       the 32 u of chunk c of a block, bytes 0..15 and 16..31
  * The float weight is then fma(u, D, O), formed the same way whatever n so
  * that a (row, token) element never depends on the batch. This decoding is
@@ -52,6 +53,7 @@ KQ_INLINE int kq_block_bytes(int type)
     case ST_DTYPE_Q2_K: return 84;
     case ST_DTYPE_Q3_K: return 110;
     case ST_DTYPE_Q4_K: return 144;
+    case ST_DTYPE_Q6_K: return 210;
     default:            return 176;   /* Q5_K */
     }
 }
@@ -89,6 +91,17 @@ KQ_INLINE void kq_scales(int type, const uint8_t *b, float *D, float *O)
             int hi = (s[8 + (i & 3)] >> (2 * (i >> 2))) & 3;
             D[i] = d * (float)((hi << 4 | lo) - 32);
             O[i] = -4.0f * D[i];
+        }
+        break;
+    }
+    case ST_DTYPE_Q6_K: {
+        /* 16 signed 8-bit scales at byte 192, one per half; d at 208; the
+         * six-bit u are biased by 32: fma(u, D, -32 D) = D (u - 32) rounded
+         * once, as the reference's d * sc * q */
+        const float d = kq_h2f(b + 208);
+        for (int i = 0; i < 16; i++) {
+            D[i] = d * (float)(int8_t)b[192 + i];
+            O[i] = -32.0f * D[i];
         }
         break;
     }
@@ -148,6 +161,21 @@ KQ_INLINE void kq_u8(int type, const uint8_t *b, int c, __m128i *lo, __m128i *hi
         }
         *lo = q0;
         *hi = q1;
+        break;
+    }
+    case ST_DTYPE_Q6_K: {
+        /* chunk c = 4 g + k of 32 values: the low 4 bits are nibble (k >> 1)
+         * of ql[64 g + 32 (k & 1) + l], the high 2 bits sit at bit 2 k of
+         * qh[32 g + l] (bytes 128..191) */
+        const uint8_t *q = b + 64 * (c >> 2) + 32 * (c & 1), *qh = b + 128 + 32 * (c >> 2);
+        const __m128i sh = _mm_cvtsi32_si128(4 * ((c >> 1) & 1));
+        const __m128i sh2 = _mm_cvtsi32_si128(2 * (c & 3));
+        __m128i q0 = _mm_and_si128(_mm_srl_epi16(_mm_loadu_si128((const __m128i *)q), sh), m4);
+        __m128i q1 = _mm_and_si128(_mm_srl_epi16(_mm_loadu_si128((const __m128i *)(q + 16)), sh), m4);
+        __m128i h0 = _mm_and_si128(_mm_srl_epi16(_mm_loadu_si128((const __m128i *)qh), sh2), m2);
+        __m128i h1 = _mm_and_si128(_mm_srl_epi16(_mm_loadu_si128((const __m128i *)(qh + 16)), sh2), m2);
+        *lo = _mm_or_si128(q0, _mm_slli_epi16(h0, 4));
+        *hi = _mm_or_si128(q1, _mm_slli_epi16(h1, 4));
         break;
     }
     default: {   /* Q4_K, Q5_K: chunks 2i, 2i+1 = low, high nibbles of qs[32i..] */

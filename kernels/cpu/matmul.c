@@ -3,8 +3,8 @@
  * and batch size, quantizes the activations once per call and splits the
  * output rows over the pool.
  *
- * Q5_0, Q5_1 and Q2_K..Q5_K keep float activations (kgemv, cpu_impl.h);
- * levels without kgemv take the F16/Q6_K path (dequantize a row, dot).
+ * Q5_0, Q5_1 and Q2_K..Q6_K keep float activations (kgemv, cpu_impl.h);
+ * levels without kgemv take the F16 path (dequantize a row, dot).
  *
  * Determinism: rows are handed out in chunks whose boundaries are multiples
  * of 16 (one cache line of f32 outputs) through an atomic counter, so any

@@ -46,9 +46,9 @@ static inline void kt_put16(uint8_t *p, uint16_t v)
  * payloads are random bytes (every byte pattern is a valid block); scales
  * are set to sane magnitudes so results stay in a realistic range. */
 /* The block-quantized types added with the float-activation kernels
- * (Q5_0, Q5_1, Q2_K..Q5_K), for tests that loop over them. */
+ * (Q5_0, Q5_1, Q2_K..Q6_K), for tests that loop over them. */
 static const int kt_kq_types[] = {ST_DTYPE_Q5_0, ST_DTYPE_Q5_1, ST_DTYPE_Q2_K,
-                                  ST_DTYPE_Q3_K, ST_DTYPE_Q4_K, ST_DTYPE_Q5_K};
+                                  ST_DTYPE_Q3_K, ST_DTYPE_Q4_K, ST_DTYPE_Q5_K, ST_DTYPE_Q6_K};
 #define KT_N_KQ_TYPES ((int)(sizeof kt_kq_types / sizeof kt_kq_types[0]))
 
 /* Smallest row length of a type (its block size). */
