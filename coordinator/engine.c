@@ -736,7 +736,10 @@ st_status_t st_engine_create(const st_engine_params_t *params, st_engine_t **out
     if (st != ST_OK)
         goto err_model;
     st_chat_detect(st_model_gguf(e->model), &e->chat);
-    if (e->chat.fallback)
+    if (e->chat.absent)
+        st_info("engine", "the model has no chat template (a base model): completions are "
+                "raw, chat requests are formatted as ChatML");
+    else if (e->chat.fallback)
         st_warn("engine", "chat template not recognised; using ChatML");
     snprintf(e->name, sizeof(e->name), "%s", st_model_name(e->model));
 

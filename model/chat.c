@@ -87,6 +87,7 @@ st_status_t st_chat_detect(const st_gguf_t *g, st_chat_template_t *out)
     t.family = ST_CHAT_CHATML;
     if (!g || st_gguf_get_str(g, KEY_TEMPLATE, &s) != ST_OK) {
         t.fallback = 1;
+        t.absent = 1;
         *out = t;
         return ST_OK;
     }

@@ -37,6 +37,7 @@ typedef struct st_chat_msg {
 typedef struct st_chat_template {
     st_chat_family_t family;
     int   fallback;              /* 1 when the template was not recognised */
+    int   absent;                /* 1 when the model has none (a base model) */
     char  default_system[1024];  /* "" when the template has none */
 } st_chat_template_t;
 
