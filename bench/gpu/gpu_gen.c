@@ -1,7 +1,7 @@
 /*
- * gpu_gen.c - writes a random Llama-shaped GGUF (v3) file with bf16
- * matrices, f32 norms and no tokenizer (llama.vocab_size gives the
- * vocabulary), for bench/gpu/check.sh.
+ * gpu_gen.c - writes a random Llama-shaped GGUF (v3) file with bf16 or
+ * quantized matrices, f32 norms and no tokenizer (llama.vocab_size gives
+ * the vocabulary), for bench/gpu/check.sh.
  *
  * The GPU machine has no Python packages beyond PyTorch and no network, and
  * the 8B shape is 16 GB: values are drawn once into a 64 MiB pool per
@@ -10,6 +10,12 @@
  * nothing for speed or for comparing two backends on the same file.
  * Scales follow tests/tools/gen_model.py (matrices ~ U with std fan_in^-1/2,
  * embedding std 1, norms 1 + 0.1 u).
+ *
+ * Quantized matrices (--type) are random blocks, which are all valid: the
+ * pool holds blocks of random bytes whose f16 scale fields are then set so
+ * the weights have about the wanted std and no offset on average (the
+ * second field of Q4_1/Q5_1/K types cancels the mean of the unsigned
+ * codes), and tensors are written as whole-block slices of the pool.
  */
 #include <math.h>
 #include <stdio.h>
@@ -28,7 +34,7 @@ typedef struct gen_tensor {
     char     name[64];
     uint32_t n_dims;
     uint64_t ne[2];
-    uint32_t type;       /* ST_DTYPE_BF16 or ST_DTYPE_F32 */
+    uint32_t type;       /* ST_DTYPE_F32 (norms) or the matrices' type */
     float    scale;      /* matrices: std; norms: unused */
     uint64_t offset;     /* in the data section */
     uint64_t bytes;
@@ -77,8 +83,8 @@ static int kv_str(FILE *f, const char *k, const char *v)
     return put_str(f, k) || put(f, &t, 4) || put_str(f, v);
 }
 
-static void add_t(gen_tensor_t *ts, int *n, const char *name, uint64_t ne0, uint64_t ne1,
-                  float scale)
+static void add_t(gen_tensor_t *ts, int *n, uint32_t wtype, const char *name, uint64_t ne0,
+                  uint64_t ne1, float scale)
 {
     gen_tensor_t *t = &ts[(*n)++];
     memset(t, 0, sizeof *t);
@@ -86,9 +92,75 @@ static void add_t(gen_tensor_t *ts, int *n, const char *name, uint64_t ne0, uint
     t->n_dims = ne1 ? 2 : 1;
     t->ne[0] = ne0;
     t->ne[1] = ne1 ? ne1 : 1;
-    t->type = ne1 ? ST_DTYPE_BF16 : ST_DTYPE_F32;
+    t->type = ne1 ? wtype : ST_DTYPE_F32;
     t->scale = scale;
-    t->bytes = ne0 * t->ne[1] * (ne1 ? 2u : 4u);
+    t->bytes = st_dtype_row_bytes(t->type, ne0) * t->ne[1];
+}
+
+/* Where a quantized block keeps its f16 scale (d) and its second f16 field
+ * (m or dmin, -1 when none), and the second field's value relative to d
+ * that makes the weights' mean about zero (the mean code times the mean
+ * sub-scale over the mean sub-min). */
+static int qfields(uint32_t type, int *d_off, int *m_off, float *m_ratio)
+{
+    *m_off = -1;
+    *m_ratio = 0;
+    switch (type) {
+    case ST_DTYPE_Q4_0: case ST_DTYPE_Q5_0: case ST_DTYPE_Q8_0: *d_off = 0; return 0;
+    case ST_DTYPE_Q4_1: *d_off = 0; *m_off = 2; *m_ratio = -7.5f; return 0;    /* x = d q + m */
+    case ST_DTYPE_Q5_1: *d_off = 0; *m_off = 2; *m_ratio = -15.5f; return 0;
+    case ST_DTYPE_Q2_K: *d_off = 80; *m_off = 82; *m_ratio = 1.5f; return 0;   /* x = d s q - dmin m */
+    case ST_DTYPE_Q3_K: *d_off = 108; return 0;
+    case ST_DTYPE_Q4_K: *d_off = 0; *m_off = 2; *m_ratio = 7.5f; return 0;
+    case ST_DTYPE_Q5_K: *d_off = 0; *m_off = 2; *m_ratio = 15.5f; return 0;
+    case ST_DTYPE_Q6_K: *d_off = 208; return 0;
+    default: return -1;
+    }
+}
+
+static void put_f16(uint8_t *p, float v)
+{
+    uint16_t h = st_f32_to_fp16(v);
+    memcpy(p, &h, 2);
+}
+
+/* A pool of POOL_BYTES of random `type` blocks whose weights have about
+ * std `sd`: the blocks are drawn with d = 1, their weights' RMS measured
+ * with the reference dequantization, and d set to sd / RMS. */
+static uint8_t *make_qpool(uint32_t type, float sd, uint64_t *rng, uint64_t *n_blocks)
+{
+    const st_dtype_traits_t *tr = st_dtype_traits(type);
+    const uint64_t nb = POOL_ELEMS * 2u / tr->block_bytes;
+    uint8_t *pool = malloc((size_t)(nb * tr->block_bytes));
+    float w[256], ratio, d;
+    double ss = 0;
+    int d_off, m_off;
+
+    if (!pool || qfields(type, &d_off, &m_off, &ratio) != 0) {
+        free(pool);
+        return NULL;
+    }
+    for (uint64_t i = 0; i < nb * tr->block_bytes; i += 8) {
+        uint64_t r = rng_next(rng);
+        uint64_t left = nb * tr->block_bytes - i;
+        memcpy(pool + i, &r, (size_t)(left < 8 ? left : 8));
+    }
+    for (int pass = 0; pass < 2; pass++) {
+        d = pass == 0 ? 1.0f : sd / (float)sqrt(ss / (4096.0 * tr->block_elems));
+        for (uint64_t b = 0; b < (pass == 0 ? 4096u : nb); b++) {
+            uint8_t *blk = pool + b * tr->block_bytes;
+            put_f16(blk + d_off, d);
+            if (m_off >= 0)
+                put_f16(blk + m_off, ratio * d);
+            if (pass == 0) {
+                st_dtype_dequantize_row(type, blk, w, tr->block_elems);
+                for (uint32_t j = 0; j < tr->block_elems; j++)
+                    ss += (double)w[j] * w[j];
+            }
+        }
+    }
+    *n_blocks = nb;
+    return pool;
 }
 
 int gpu_gen_model(const char *path, const gpu_shape_t *s, uint64_t seed)
@@ -97,7 +169,13 @@ int gpu_gen_model(const char *path, const gpu_shape_t *s, uint64_t seed)
     const int n_t = 2 + (s->tied ? 0 : 1) + 9 * (int)s->n_layer;
     const float sc_dim = 1.0f / sqrtf((float)s->dim), sc_ff = 1.0f / sqrtf((float)s->n_ff);
     const float scales[3] = {1.0f, sc_dim, sc_ff};
+    const uint32_t wt = s->wtype ? s->wtype : ST_DTYPE_BF16;
+    const st_dtype_traits_t *wtr = st_dtype_traits(wt);
     uint16_t *pool[3] = {NULL, NULL, NULL};
+    uint8_t *qpool[3] = {NULL, NULL, NULL};
+    uint64_t q_nb[3] = {0, 0, 0};
+    int qd, qm;
+    float qr;
     gen_tensor_t *ts = calloc((size_t)n_t, sizeof *ts);
     float *nbuf = malloc((size_t)s->dim * sizeof(float));
     uint64_t rng = seed, off = 0, n_kv = 11;
@@ -108,22 +186,38 @@ int gpu_gen_model(const char *path, const gpu_shape_t *s, uint64_t seed)
 
     if (!ts || !nbuf || s->dim % s->n_head || s->n_head % s->n_head_kv)
         goto out;
+    if (!wtr || (wt != ST_DTYPE_BF16 && qfields(wt, &qd, &qm, &qr) != 0)) {
+        fprintf(stderr, "gen: matrices of type %s are not supported (bf16 or a quantized type)\n",
+                st_dtype_name(wt));
+        goto out;
+    }
+    /* Every matrix row (dim, q_dim and n_ff long) must be whole blocks. */
+    if (s->dim % wtr->block_elems || s->n_ff % wtr->block_elems) {
+        fprintf(stderr, "gen: %s rows need a multiple of %u values; shape %s has dim %u, ff %u\n",
+                st_dtype_name(wt), wtr->block_elems, s->name, s->dim, s->n_ff);
+        goto out;
+    }
     /* One pool per scale: U(-a, a) has std a / sqrt(3). */
     for (int p = 0; p < 3; p++) {
         float a = scales[p] * 1.7320508f;
+        if (wt != ST_DTYPE_BF16) {
+            if (!(qpool[p] = make_qpool(wt, scales[p], &rng, &q_nb[p])))
+                goto out;
+            continue;
+        }
         if (!(pool[p] = malloc((size_t)POOL_ELEMS * 2)))
             goto out;
         for (uint32_t i = 0; i < POOL_ELEMS; i++)
             pool[p][i] = st_f32_to_bf16(rng_unif(&rng) * a);
     }
 
-    add_t(ts, &n, "token_embd.weight", s->dim, s->n_vocab, scales[0]);
-    add_t(ts, &n, "output_norm.weight", s->dim, 0, 0);
+    add_t(ts, &n, wt, "token_embd.weight", s->dim, s->n_vocab, scales[0]);
+    add_t(ts, &n, wt, "output_norm.weight", s->dim, 0, 0);
     if (!s->tied)
-        add_t(ts, &n, "output.weight", s->dim, s->n_vocab, sc_dim);
+        add_t(ts, &n, wt, "output.weight", s->dim, s->n_vocab, sc_dim);
     for (uint32_t l = 0; l < s->n_layer; l++) {
 #define L(suffix, ne0, ne1, sc) \
-        (snprintf(name, sizeof name, "blk.%u." suffix ".weight", l), add_t(ts, &n, name, ne0, ne1, sc))
+        (snprintf(name, sizeof name, "blk.%u." suffix ".weight", l), add_t(ts, &n, wt, name, ne0, ne1, sc))
         L("attn_norm", s->dim, 0, 0);
         L("attn_q", s->dim, q_dim, sc_dim);
         L("attn_k", s->dim, kv_dim, sc_dim);
@@ -179,6 +273,16 @@ int gpu_gen_model(const char *path, const gpu_shape_t *s, uint64_t seed)
                 nbuf[j] = 1.0f + 0.1f * rng_unif(&rng);
             if (put(f, nbuf, (size_t)ts[i].bytes))
                 goto out;
+        } else if (wt != ST_DTYPE_BF16) {
+            const int p = ts[i].scale == scales[0] ? 0 : ts[i].scale == sc_ff ? 2 : 1;
+            uint64_t left = ts[i].bytes / wtr->block_bytes;   /* blocks */
+            while (left) {
+                uint64_t take = left < q_nb[p] / 2 ? left : q_nb[p] / 2;
+                uint64_t start = rng_next(&rng) % (q_nb[p] - take + 1);
+                if (put(f, qpool[p] + start * wtr->block_bytes, (size_t)(take * wtr->block_bytes)))
+                    goto out;
+                left -= take;
+            }
         } else {
             const uint16_t *pl = pool[ts[i].scale == scales[0] ? 0 : ts[i].scale == sc_ff ? 2 : 1];
             uint64_t left = ts[i].bytes / 2;
@@ -198,8 +302,10 @@ out:
         rc = -1;
     if (rc != 0 && f)
         remove(path);
-    for (int p = 0; p < 3; p++)
+    for (int p = 0; p < 3; p++) {
         free(pool[p]);
+        free(qpool[p]);
+    }
     free(nbuf);
     free(ts);
     return rc;

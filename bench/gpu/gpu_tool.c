@@ -15,20 +15,21 @@
 
 #include "gpu_tool.h"
 #include "st_cuda.h"
+#include "st_dtype.h"
 #include "st_stage.h"
 #include "st_util.h"
 
 /* Llama shapes: SmolLM2-135M, Llama-3.2-1B, Llama-3-8B. */
 static const gpu_shape_t shapes[] = {
-    {"small", 30, 576, 9, 3, 1536, 49152, 100000.0f, 1},
-    {"1b", 16, 2048, 32, 8, 8192, 128256, 500000.0f, 1},
-    {"8b", 32, 4096, 32, 8, 14336, 128256, 500000.0f, 0},
+    {"small", 30, 576, 9, 3, 1536, 49152, 100000.0f, 1, ST_DTYPE_BF16},
+    {"1b", 16, 2048, 32, 8, 8192, 128256, 500000.0f, 1, ST_DTYPE_BF16},
+    {"8b", 32, 4096, 32, 8, 14336, 128256, 500000.0f, 0, ST_DTYPE_BF16},
 };
 
 static int usage(void)
 {
     fprintf(stderr,
-            "usage: strata-gpu gen OUT.gguf --shape small|1b|8b [--layers N] [--seed S]\n"
+            "usage: strata-gpu gen OUT.gguf --shape small|1b|8b [--type bf16|q4_0|..|q6_k] [--layers N] [--seed S]\n"
             "       strata-gpu roofline [--device D]\n"
             "       strata-gpu compare -m MODEL [--tokens N] [--gen G] [--tol X] [--require-greedy]\n"
             "       strata-gpu bench -m MODEL --copy-gbps X --gemm-tflops Y [--prompt P] [--gen G]\n");
@@ -70,7 +71,10 @@ static int32_t argmax(const float *x, uint32_t n)
 static int cmd_gen(int argc, char **argv)
 {
     const char *shape = opt(argc, argv, "--shape", "small");
+    const char *type = opt(argc, argv, "--type", "bf16");
+    char name[64];
     gpu_shape_t s;
+    uint32_t wt;
     size_t i;
 
     if (argc < 2 || argv[1][0] == '-')
@@ -84,6 +88,19 @@ static int cmd_gen(int argc, char **argv)
     s.n_layer = (uint32_t)atoi(opt(argc, argv, "--layers", "0"));
     if (s.n_layer == 0)
         s.n_layer = shapes[i].n_layer;
+    for (wt = 0; wt < ST_DTYPE_COUNT_; wt++)
+        if (st_dtype_valid(wt) && !strcmp(st_dtype_name(wt), type))
+            break;
+    if (wt == ST_DTYPE_COUNT_) {
+        fprintf(stderr, "strata-gpu gen: unknown type '%s'\n", type);
+        return usage();
+    }
+    s.wtype = wt;
+    if (wt != ST_DTYPE_BF16) {
+        /* the benchmark table names the model by general.name */
+        snprintf(name, sizeof name, "%s-%s", s.name, type);
+        s.name = name;
+    }
     if (gpu_gen_model(argv[1], &s, strtoull(opt(argc, argv, "--seed", "1"), NULL, 10)) != 0) {
         fprintf(stderr, "strata-gpu gen: cannot write %s\n", argv[1]);
         return 1;

@@ -124,6 +124,17 @@ static st_status_t cu_create(const st_backend_params_t *p, void **out, st_error_
     c->device = prm.device;
     c->max_batch = prm.max_batch;
     c->max_cols = prm.max_cols;
+    {
+        /* Device form of quantized weights: their own blocks (default) or
+         * bf16 as before the quantized kernels, to compare the two. */
+        const char *wf = getenv("STRATA_CUDA_WEIGHTS");
+        if (wf && *wf && strcmp(wf, "native") && strcmp(wf, "bf16")) {
+            free(c);
+            return st_error_set(err, ST_ERR_INVALID, "cuda backend: STRATA_CUDA_WEIGHTS=%s "
+                                "(expected native or bf16)", wf);
+        }
+        c->weights_bf16 = wf && !strcmp(wf, "bf16");
+    }
 
 #define CREATE_CHECK(call, what)                                                          \
     do {                                                                                  \
@@ -396,8 +407,12 @@ static void cu_get_rows(void *ctx, const st_tensor_t *emb, const int32_t *ids, i
         }
     if (!(d_ids = cu_upload_idx(c, CU_IDX_IDS, ids, n)))
         return;
-    cu_ok(c, cu_launch_get_rows(c->stream, w->dev, w->wtype, (int)w->cols, d_ids, n, out),
-          "get_rows launch");
+    if (w->wtype == CU_W_Q)
+        cu_ok(c, cu_launch_qdequant(c->stream, w->dev, w->qtype, (size_t)w->row_bytes, d_ids, 0, n,
+                                    (int)w->cols, CU_W_F32, out), "get_rows launch");
+    else
+        cu_ok(c, cu_launch_get_rows(c->stream, w->dev, w->wtype, (int)w->cols, d_ids, n, out),
+              "get_rows launch");
 }
 
 static void cu_rmsnorm(void *ctx, const float *x, const st_tensor_t *wt, float eps, int n, int dim,
@@ -417,6 +432,45 @@ static void cu_rmsnorm(void *ctx, const float *x, const st_tensor_t *wt, float e
           "rmsnorm launch");
 }
 
+/* Quantized W: batches up to CU_MATVEC_MAX_N read the blocks in place
+ * (one warp per row, f32 activations). Larger ones are compute bound:
+ * tiles of rows are dequantized to bf16 into c->w16 and multiplied by
+ * cuBLAS, each tile writing its rows of out (column-major, ld = rows); the
+ * stream orders each tile's GEMM before the next dequantization. */
+static void cu_matmul_q(cu_ctx_t *c, const cu_weight_t *w, const float *x, int n, float *out)
+{
+    const float one = 1.0f, zero = 0.0f;
+    const int rows = (int)w->rows, cols = (int)w->cols;
+    uint64_t tile_rows;
+
+    if (n <= CU_MATVEC_MAX_N) {
+        cu_ok(c, cu_launch_qmatvec(c->stream, w->dev, w->qtype, (size_t)w->row_bytes, x, n, rows,
+                                   cols, out), "quantized matvec launch");
+        return;
+    }
+    tile_rows = c->w16 ? c->w16_bytes / (w->cols * 2u) : 0;
+    if (ST_UNLIKELY(tile_rows == 0)) {   /* upload sizes the tile for every CU_W_Q */
+        cu_fail(c, ST_ERR_BACKEND, "cuda matmul: no dequantization tile for '%s'",
+                w->key->name ? w->key->name : "?");
+        return;
+    }
+    if (!cu_ok(c, cu_launch_to16(c->stream, x, (size_t)n * w->cols, CU_W_BF16, c->x16),
+               "matmul input conversion"))
+        return;
+    for (uint64_t r0 = 0; r0 < w->rows; r0 += tile_rows) {
+        const int k = (int)ST_MIN(tile_rows, w->rows - r0);
+        if (!cu_ok(c, cu_launch_qdequant(c->stream, w->dev, w->qtype, (size_t)w->row_bytes, NULL,
+                                         (int)r0, k, cols, CU_W_BF16, c->w16),
+                   "dequantization tile launch") ||
+            !cu_blas_ok(c, cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, k, n, cols, &one,
+                                        c->w16, CUDA_R_16BF, cols, c->x16, CUDA_R_16BF, cols,
+                                        &zero, out + r0, CUDA_R_32F, rows, CUBLAS_COMPUTE_32F,
+                                        CUBLAS_GEMM_DEFAULT),
+                        "cublasGemmEx"))
+            return;
+    }
+}
+
 static void cu_matmul(void *ctx, const st_tensor_t *wt, const float *x, int n, float *out)
 {
     cu_ctx_t *c = ctx;
@@ -430,6 +484,10 @@ static void cu_matmul(void *ctx, const st_tensor_t *wt, const float *x, int n, f
         cu_fail(c, ST_ERR_INVALID, "cuda matmul: '%s' (%llu x %llu) is not a matrix this backend "
                 "was sized for (max_cols %u)", wt->name ? wt->name : "?",
                 (unsigned long long)w->rows, (unsigned long long)w->cols, c->max_cols);
+        return;
+    }
+    if (w->wtype == CU_W_Q) {
+        cu_matmul_q(c, w, x, n, out);
         return;
     }
     if (n <= CU_MATVEC_MAX_N) {

@@ -38,10 +38,17 @@ extern "C" {
  * host converts one chunk while the copy engine moves the other. */
 #define CU_STAGE_BYTES (32u << 20)
 
+/* Large-batch matmuls on quantized weights dequantize row tiles of W to
+ * bf16 into one scratch buffer of at most this size and run cuBLAS on
+ * each tile (docs/CUDA.md). 64 MiB is 8192 rows of 4096 columns. */
+#define CU_DEQ_TILE_BYTES (64u << 20)
+
 typedef struct cu_weight {
     const st_tensor_t *key;     /* the model's tensor view (NULL: empty slot) */
     void              *dev;     /* device copy */
-    cu_wtype_t         wtype;
+    cu_wtype_t         wtype;   /* device form; CU_W_Q: the file's blocks */
+    cu_qtype_t         qtype;   /* block type when wtype is CU_W_Q */
+    uint64_t           row_bytes; /* bytes of one device row */
     uint64_t           cols;    /* ne[0] */
     uint64_t           rows;    /* ne[1] * ne[2] * ne[3] */
 } cu_weight_t;
@@ -70,12 +77,16 @@ typedef struct cu_ctx {
     cudaEvent_t      idx_ev[CU_IDX_KINDS];
 
     void            *x16;           /* matmul input in 16 bits: max_batch * max_cols */
+    void            *w16;           /* bf16 tile of a quantized W (large batches) */
+    size_t           w16_bytes;     /* its size: grown by uploads, <= CU_DEQ_TILE_BYTES */
+    int              weights_bf16;  /* STRATA_CUDA_WEIGHTS=bf16: dequantize on upload */
     float           *att_part;      /* CU_ATT_PART_ROWS * max_cols */
     float           *att_ml;        /* CU_ATT_PART_ROWS * max_cols */
 
     cu_weight_t     *wmap;          /* open addressing on the tensor pointer */
     size_t           wmap_cap, wmap_n;
     uint64_t         weight_bytes;  /* device bytes of uploaded weights */
+    uint64_t         weight_q_bytes; /* of which quantized blocks */
     void            *stage[2];      /* pinned upload staging */
     cudaEvent_t      stage_ev[2];
 

@@ -20,9 +20,18 @@
 extern "C" {
 #endif
 
-/* Element type of a weight as stored on the device. Matrices are 16-bit
- * (the tensor-core input types), 1-D tensors (norm weights) are f32. */
-typedef enum cu_wtype { CU_W_F32 = 0, CU_W_F16 = 1, CU_W_BF16 = 2 } cu_wtype_t;
+/* Element type of a weight as stored on the device: quantized matrices
+ * keep their GGUF blocks (CU_W_Q, the block type in cu_qtype_t), other
+ * matrices are 16-bit (the tensor-core input types), 1-D tensors (norm
+ * weights) are f32. */
+typedef enum cu_wtype { CU_W_F32 = 0, CU_W_F16 = 1, CU_W_BF16 = 2, CU_W_Q = 3 } cu_wtype_t;
+
+/* Block types the quantized kernels read in place (cuda_qblock.cuh). The
+ * numbers are GGUF's, the same as st_dtype_t's (cuda_weights.c checks). */
+typedef enum cu_qtype {
+    CU_Q4_0 = 2, CU_Q4_1 = 3, CU_Q5_0 = 6, CU_Q5_1 = 7, CU_Q8_0 = 8,
+    CU_Q2_K = 10, CU_Q3_K = 11, CU_Q4_K = 12, CU_Q5_K = 13, CU_Q6_K = 14
+} cu_qtype_t;
 
 /* Kinds of small host index arrays copied to the device (see cu_upload_idx). */
 enum { CU_IDX_IDS = 0, CU_IDX_POS = 1, CU_IDX_SLOT = 2, CU_IDX_KINDS = 3 };
@@ -54,6 +63,18 @@ cudaError_t cu_launch_to16(cudaStream_t s, const float *x, size_t n, cu_wtype_t 
 /* out[t][r] = W[r] . x[t] for t < n <= CU_MATVEC_MAX_N, W 16-bit [rows][cols]. */
 cudaError_t cu_launch_matvec(cudaStream_t s, const void *w, cu_wtype_t wt, const float *x, int n,
                              int rows, int cols, float *out);
+
+/* Quantized weights (cuda_qmv.cu): W is rows of row_bytes bytes of qtype
+ * blocks, cols a multiple of 32, w 256-byte aligned (cudaMalloc).
+ * qmatvec: out[t][r] = W[r] . x[t] for t < n <= CU_MATVEC_MAX_N, one warp
+ * per row, f32 activations and accumulation.
+ * qdequant: out row i = W row (ids ? ids[i] : r0 + i) for i < n_rows, as
+ * f32 (get_rows) or bf16 (the cuBLAS path's tiles; out 16-byte aligned). */
+cudaError_t cu_launch_qmatvec(cudaStream_t s, const void *w, cu_qtype_t qt, size_t row_bytes,
+                              const float *x, int n, int rows, int cols, float *out);
+cudaError_t cu_launch_qdequant(cudaStream_t s, const void *w, cu_qtype_t qt, size_t row_bytes,
+                               const int32_t *ids, int r0, int n_rows, int cols, cu_wtype_t out_wt,
+                               void *out);
 
 typedef struct cu_attn_launch {
     const float   *q, *k_cache, *v_cache;

@@ -3,7 +3,9 @@
  *
  * Each launcher only shapes the grid and returns cudaGetLastError(); inputs
  * were validated by the C side (cuda_backend.c). Activations are f32; the
- * matrices are 16-bit (f16 as in the file, everything else bf16).
+ * matrices here are 16-bit (f16 as in the file, f32 and, with
+ * STRATA_CUDA_WEIGHTS=bf16, quantized ones as bf16). Quantized matrices in
+ * their own blocks have their kernels in cuda_qmv.cu.
  *
  * Decode is memory bound: the mat-vec kernel gives each warp one output row,
  * streams that row once in 16-byte loads and reuses it for up to

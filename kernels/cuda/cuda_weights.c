@@ -2,15 +2,19 @@
  * cuda_weights.c - weight upload for the CUDA backend and the map from the
  * model's tensor views to their device copies.
  *
- * Device forms: f16 and bf16 matrices are copied as they are (the tensor
- * cores take both); f32 and quantized matrices (Q4_0, Q4_1, Q5_0, Q5_1,
- * Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K: every block type st_dtype_valid
- * accepts) are dequantized on the host with the reference routine
- * (st_dtype_dequantize_row) and stored as bf16;
- * 1-D tensors (norm weights) become f32. Dequantizing on upload is the
- * simple choice for a first version: decode then streams 2 bytes per
- * weight instead of ~0.56 (Q4_0), so a quantized mat-vec kernel is the
- * alternative to measure on a GPU (docs/CUDA.md).
+ * Device forms (cu_weight_t.wtype):
+ *   - quantized matrices (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K,
+ *     Q5_K, Q6_K: every block type st_dtype_valid accepts) keep the file's
+ *     GGUF blocks, byte for byte (CU_W_Q). The kernels of cuda_qmv.cu read
+ *     them in place: decode streams the type's own bytes per weight
+ *     (0.5625 for Q4_0 and Q4_K) instead of bf16's 2. Large batches
+ *     dequantize tiles of rows to bf16 for cuBLAS; the tile buffer is
+ *     sized here, by the uploads, so the ops allocate nothing.
+ *     STRATA_CUDA_WEIGHTS=bf16 restores the previous form (dequantized to
+ *     bf16 on upload), for comparison on a GPU;
+ *   - f16 and bf16 matrices are copied as they are (the tensor cores take
+ *     both); f32 matrices are stored as bf16, via the reference routine;
+ *   - 1-D tensors (norm weights) become f32.
  *
  * Upload runs through two pinned staging buffers: the host fills one while
  * the copy engine drains the other.
@@ -68,9 +72,28 @@ static st_status_t wmap_reserve(cu_ctx_t *c, st_error_t *err)
     return ST_OK;
 }
 
-static size_t wtype_size(cu_wtype_t wt)
+/* cu_qtype_t spells the GGUF numbers again for the device code, which
+ * sees no project header. */
+#define SAME_NUM(a, b) ((int)(a) == (int)(b))
+_Static_assert(SAME_NUM(CU_Q4_0, ST_DTYPE_Q4_0) && SAME_NUM(CU_Q4_1, ST_DTYPE_Q4_1) &&
+               SAME_NUM(CU_Q5_0, ST_DTYPE_Q5_0) && SAME_NUM(CU_Q5_1, ST_DTYPE_Q5_1) &&
+               SAME_NUM(CU_Q8_0, ST_DTYPE_Q8_0) && SAME_NUM(CU_Q2_K, ST_DTYPE_Q2_K) &&
+               SAME_NUM(CU_Q3_K, ST_DTYPE_Q3_K) && SAME_NUM(CU_Q4_K, ST_DTYPE_Q4_K) &&
+               SAME_NUM(CU_Q5_K, ST_DTYPE_Q5_K) && SAME_NUM(CU_Q6_K, ST_DTYPE_Q6_K),
+               "cu_qtype_t must match st_dtype_t");
+#undef SAME_NUM
+
+/* 1 when the quantized kernels read this type in place. */
+static int has_qkernel(st_dtype_t type)
 {
-    return wt == CU_W_F32 ? 4 : 2;
+    switch (type) {
+    case ST_DTYPE_Q4_0: case ST_DTYPE_Q4_1: case ST_DTYPE_Q5_0: case ST_DTYPE_Q5_1:
+    case ST_DTYPE_Q8_0: case ST_DTYPE_Q2_K: case ST_DTYPE_Q3_K: case ST_DTYPE_Q4_K:
+    case ST_DTYPE_Q5_K: case ST_DTYPE_Q6_K:
+        return 1;
+    default:
+        return 0;
+    }
 }
 
 /* Converts `rows` rows of t starting at `r0` into dst in device form. */
@@ -79,7 +102,7 @@ static void convert_rows(const st_tensor_t *t, cu_wtype_t wt, uint64_t r0, uint6
 {
     const uint8_t *src = (const uint8_t *)t->data + r0 * t->row_bytes;
     uint64_t cols = t->ne[0];
-    int same = (wt == CU_W_F32 && t->type == ST_DTYPE_F32) ||
+    int same = wt == CU_W_Q || (wt == CU_W_F32 && t->type == ST_DTYPE_F32) ||
                (wt == CU_W_F16 && t->type == ST_DTYPE_F16) ||
                (wt == CU_W_BF16 && t->type == ST_DTYPE_BF16);
 
@@ -97,6 +120,34 @@ static void convert_rows(const st_tensor_t *t, cu_wtype_t wt, uint64_t r0, uint6
                 o[j] = st_f32_to_bf16(tmp[j]);
         }
     }
+}
+
+/* Grows the bf16 tile buffer of the large-batch path to hold `rows` rows
+ * of `cols` (capped at CU_DEQ_TILE_BYTES; at least one row). */
+static st_status_t tile_reserve(cu_ctx_t *c, const char *name, uint64_t cols, uint64_t rows,
+                                st_error_t *err)
+{
+    const uint64_t row16 = cols * 2u, fit = CU_DEQ_TILE_BYTES / row16;   /* caller: fit >= 1 */
+    const uint64_t want = (rows < fit ? rows : fit) * row16;
+    cudaError_t e;
+
+    if (want <= c->w16_bytes)
+        return ST_OK;
+    /* A queued matmul may still read the old tile. */
+    if ((e = cudaStreamSynchronize(c->stream)) != cudaSuccess)
+        return st_error_set(err, ST_ERR_BACKEND, "cuda weights: %s", cudaGetErrorString(e));
+    cudaFree(c->w16);
+    c->w16 = NULL;
+    c->w16_bytes = 0;
+    if ((e = cudaMalloc(&c->w16, (size_t)want)) != cudaSuccess) {
+        (void)cudaGetLastError();
+        c->w16 = NULL;
+        return st_error_set(err, ST_ERR_NOMEM, "cuda weights: tensor '%s': cannot allocate a "
+                            "%llu-byte dequantization tile (%s)", name, (unsigned long long)want,
+                            cudaGetErrorString(e));
+    }
+    c->w16_bytes = (size_t)want;
+    return ST_OK;
 }
 
 /* Uploads one tensor into a new map entry. */
@@ -128,12 +179,25 @@ static st_status_t upload(cu_ctx_t *c, const st_tensor_t *t, st_error_t *err)
     w.key = t;
     w.cols = t->ne[0];
     w.rows = rows;
-    w.wtype = t->n_dims == 1 ? CU_W_F32 : t->type == ST_DTYPE_F16 ? CU_W_F16 : CU_W_BF16;
-    dev_row = w.cols * wtype_size(w.wtype);
-    if (dev_row > CU_STAGE_BYTES || st_mul_overflow_u64(dev_row, rows, &dev_bytes))
+    if (t->n_dims == 1)
+        w.wtype = CU_W_F32;
+    else if (t->type == ST_DTYPE_F16)
+        w.wtype = CU_W_F16;
+    else if (has_qkernel(t->type) && !c->weights_bf16)
+        w.wtype = CU_W_Q;
+    else
+        w.wtype = CU_W_BF16;
+    w.qtype = w.wtype == CU_W_Q ? (cu_qtype_t)t->type : CU_Q4_0;
+    dev_row = w.wtype == CU_W_Q ? t->row_bytes : w.cols * (w.wtype == CU_W_F32 ? 4u : 2u);
+    w.row_bytes = dev_row;
+    /* A quantized row must also fit the bf16 tile of the large-batch path. */
+    if (dev_row > CU_STAGE_BYTES || (w.wtype == CU_W_Q && w.cols * 2u > CU_DEQ_TILE_BYTES) ||
+        st_mul_overflow_u64(dev_row, rows, &dev_bytes))
         return st_error_set(err, ST_ERR_UNSUPPORTED, "cuda weights: tensor '%s': rows of %llu "
                             "elements are too long", name, (unsigned long long)w.cols);
     if ((st = wmap_reserve(c, err)) != ST_OK)
+        return st;
+    if (w.wtype == CU_W_Q && (st = tile_reserve(c, name, w.cols, rows, err)) != ST_OK)
         return st;
     if (!(tmp = malloc((size_t)w.cols * sizeof(float))))
         return st_error_set(err, ST_ERR_NOMEM, "cuda weights: out of memory");
@@ -167,6 +231,8 @@ static st_status_t upload(cu_ctx_t *c, const st_tensor_t *t, st_error_t *err)
         c->wmap_n++;
     }
     c->weight_bytes += dev_bytes;
+    if (w.wtype == CU_W_Q)
+        c->weight_q_bytes += dev_bytes;
     return ST_OK;
 
 err_cuda:
@@ -206,8 +272,9 @@ st_status_t cu_weights_load(void *ctx, const st_tensor_t *const *tensors, size_t
     if ((e = cudaStreamSynchronize(c->stream)) != cudaSuccess)
         return st_error_set(err, ST_ERR_BACKEND, "cuda weights: upload failed: %s",
                             cudaGetErrorString(e));
-    st_debug("cuda", "weights on device: %.1f MB in %zu tensors", (double)c->weight_bytes / 1e6,
-             c->wmap_n);
+    st_debug("cuda", "weights on device: %.1f MB in %zu tensors (%.1f MB as quantized blocks), "
+             "dequantization tile %.1f MB", (double)c->weight_bytes / 1e6, c->wmap_n,
+             (double)c->weight_q_bytes / 1e6, (double)c->w16_bytes / 1e6);
     return ST_OK;
 }
 
@@ -239,5 +306,8 @@ void cu_weights_free(cu_ctx_t *c)
     free(c->wmap);
     c->wmap = NULL;
     c->wmap_cap = c->wmap_n = 0;
-    c->weight_bytes = 0;
+    c->weight_bytes = c->weight_q_bytes = 0;
+    cudaFree(c->w16);
+    c->w16 = NULL;
+    c->w16_bytes = 0;
 }
