@@ -68,4 +68,10 @@ const char *st_cpu_isa_string(void);
  * created. Takes roughly 20 passes over the buffer. */
 double st_cpu_read_bandwidth_gbps(size_t bytes, int threads);
 
+/* Whether a matmul of this weight type at level `isa` quantizes its
+ * activations (STRATA_ACT_BITS: 16 or 8 bits per block of 32) rather than
+ * reading them as floats: Q4_0, Q4_1 and Q8_0 at every level, Q5_0 and
+ * Q5_1 at the levels whose integer kernels read them (AVX-512, AMX). */
+int st_cpu_int_activations(st_cpu_isa_t isa, int type);
+
 #endif /* ST_CPU_H */

@@ -556,6 +556,13 @@ static void swiglu_items(void *arg, int i0, int i1)
     j->k->swiglu(j->a + s, j->b + s, j->out + s, e - s);
 }
 
+static void geglu_items(void *arg, int i0, int i1)
+{
+    ew_job_t *j = arg;
+    size_t s = (size_t)i0 * EW_CHUNK, e = (size_t)i1 * EW_CHUNK;
+    j->k->geglu(j->a + s, j->b + s, j->out + s, e - s);
+}
+
 static void add_items(void *arg, int i0, int i1)
 {
     ew_job_t *j = arg;
@@ -575,6 +582,20 @@ static void cpu_swiglu(void *ctx, const float *gate, const float *up, size_t n, 
     run_items(c, (int)(full / EW_CHUNK), 1, 0, swiglu_items, &j);
     if (full < n)
         c->k->swiglu(gate + full, up + full, out + full, n - full);
+}
+
+static void cpu_geglu(void *ctx, const float *gate, const float *up, size_t n, float *out)
+{
+    cpu_ctx_t *c = ctx;
+    size_t full = n / EW_CHUNK * EW_CHUNK;
+    ew_job_t j = { c->k, gate, up, out };
+    if (n < CPU_SERIAL_ELEMS || full / EW_CHUNK > (size_t)INT32_MAX) {
+        c->k->geglu(gate, up, out, n);
+        return;
+    }
+    run_items(c, (int)(full / EW_CHUNK), 1, 0, geglu_items, &j);
+    if (full < n)
+        c->k->geglu(gate + full, up + full, out + full, n - full);
 }
 
 static void cpu_add(void *ctx, float *x, const float *y, size_t n)
@@ -615,7 +636,7 @@ static const st_backend_ops_t cpu_ops = {
     .features = ST_BE_ATTN_EX,
     .rope_ex = st_cpu_rope_ex,
     .add_row = st_cpu_add_row,
-    .geglu = st_cpu_geglu,
+    .geglu = cpu_geglu,
     .scale = st_cpu_scale,
     .softcap = st_cpu_softcap,
     .copy2d = st_cpu_copy2d,

@@ -16,7 +16,6 @@ const struct st_cpu_kernels *st_cpu_ctx_kernels(void *ctx);
 
 void st_cpu_rope_ex(void *ctx, const st_rope_args_t *r);
 void st_cpu_add_row(void *ctx, float *x, const st_tensor_t *b, int n, int dim);
-void st_cpu_geglu(void *ctx, const float *gate, const float *up, size_t n, float *out);
 void st_cpu_scale(void *ctx, float *x, float a, size_t n);
 void st_cpu_softcap(void *ctx, float *x, float c, size_t n);
 void st_cpu_copy2d(void *ctx, float *dst, int dst_stride, const float *src, int src_stride,

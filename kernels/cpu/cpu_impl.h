@@ -119,7 +119,13 @@ static inline void st_q8_layout(int cols, int two, st_q8_layout_t *L)
 /* Bytes per weight block and where its quants start, for the int types. */
 static inline int st_qblock_bytes(int type)
 {
-    return type == ST_DTYPE_Q4_1 ? 20 : type == ST_DTYPE_Q4_0 ? 18 : 34;
+    switch (type) {
+    case ST_DTYPE_Q4_0: return 18;
+    case ST_DTYPE_Q4_1: return 20;
+    case ST_DTYPE_Q5_0: return 22;
+    case ST_DTYPE_Q5_1: return 24;
+    default:            return 34;   /* Q8_0 */
+    }
 }
 
 /* Rows a kgemv decodes into scratch at once for n beyond its register
@@ -148,7 +154,7 @@ typedef struct st_kmm_args {
 
 /* One integer-matmul call as the kernels see it. */
 typedef struct st_qmm_args {
-    int            type;       /* ST_DTYPE_Q4_0, Q4_1 or Q8_0 */
+    int            type;       /* ST_DTYPE_Q4_0, Q4_1 or Q8_0 (and Q5_0, Q5_1: qgemv_q5) */
     const uint8_t *w;          /* row 0 of the weights */
     size_t         w_stride;   /* bytes per weight row */
     st_q8_layout_t L;          /* activation layout (cols = L.nb * 32) */
@@ -173,6 +179,9 @@ typedef struct st_cpu_kernels {
      * integer block sums may be formed differently (they are exact).
      * Levels may differ from each other. */
     void (*qgemv)(const st_qmm_args_t *a, int r0, int r1, void *scratch);
+    /* Nonzero: qgemv also reads Q5_0 and Q5_1 (for every n; qgemm never
+     * does), so they take the integer path at this level instead of kgemv. */
+    int qgemv_q5;
     /* Optional: tiled version for n >= tile_min_n, reusing each weight
      * block across several tokens. Needs dx16 and scratch of
      * qgemm_scratch(L) bytes. Per-element arithmetic must not depend on
@@ -202,6 +211,8 @@ typedef struct st_cpu_kernels {
     /* out[j] = x[j] * s * w[j] */
     void (*scale_mul)(const float *x, const float *w, float s, float *out, int n);
     void (*swiglu)(const float *g, const float *u, float *out, size_t n);
+    /* out = gelu_tanh(g) * u (Gemma's GeGLU) */
+    void (*geglu)(const float *g, const float *u, float *out, size_t n);
     void (*add)(float *x, const float *y, size_t n);
     /* y[j] = y[j] * a + x[j] * b  (attention's running output) */
     void (*axpby)(float *y, float a, const float *x, float b, int n);

@@ -93,17 +93,6 @@ void st_cpu_add_row(void *ctx, float *x, const st_tensor_t *b, int n, int dim)
 }
 
 /* GELU with the tanh approximation (Gemma's gelu_pytorch_tanh), in float. */
-void st_cpu_geglu(void *ctx, const float *gate, const float *up, size_t n, float *out)
-{
-    const float c = 0.7978845608028654f;   /* sqrt(2 / pi) */
-    (void)ctx;
-    for (size_t j = 0; j < n; j++) {
-        float x = gate[j];
-        float g = 0.5f * x * (1.0f + tanhf(c * (x + 0.044715f * x * x * x)));
-        out[j] = g * up[j];
-    }
-}
-
 void st_cpu_scale(void *ctx, float *x, float a, size_t n)
 {
     (void)ctx;

@@ -146,6 +146,17 @@ void st_cpu_kernels_get(st_cpu_isa_t isa, st_cpu_kernels_t *out)
     }
 }
 
+int st_cpu_int_activations(st_cpu_isa_t isa, int type)
+{
+    st_cpu_kernels_t k;
+    if (type == ST_DTYPE_Q4_0 || type == ST_DTYPE_Q4_1 || type == ST_DTYPE_Q8_0)
+        return 1;
+    if (type != ST_DTYPE_Q5_0 && type != ST_DTYPE_Q5_1)
+        return 0;
+    st_cpu_kernels_get(isa, &k);
+    return k.qgemv_q5;
+}
+
 /* ---- read bandwidth ---- */
 
 /* A spin barrier: the probe's threads must start each pass together so the

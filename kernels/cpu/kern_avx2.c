@@ -354,6 +354,24 @@ static void swiglu_avx2(const float *g, const float *u, float *out, size_t n)
         out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
+/* GELU (tanh form) x / (1 + e^-2u) times up; see kern_scalar.c */
+static void geglu_avx2(const float *g, const float *u, float *out, size_t n)
+{
+    const __m256 one = _mm256_set1_ps(1.0f), k = _mm256_set1_ps(-1.5957691216057308f);
+    const __m256 c3 = _mm256_set1_ps(0.044715f);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(g + i);
+        __m256 t = _mm256_mul_ps(k, _mm256_fmadd_ps(_mm256_mul_ps(c3, x), _mm256_mul_ps(x, x), x));
+        __m256 y = _mm256_div_ps(x, _mm256_add_ps(one, exp256(t)));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(y, _mm256_loadu_ps(u + i)));
+    }
+    for (; i < n; i++) {
+        const float x = g[i], t = -1.5957691216057308f * (x + 0.044715f * x * x * x);
+        out[i] = x / (1.0f + expf(t)) * u[i];
+    }
+}
+
 static void add_avx2(float *x, const float *y, size_t n)
 {
     size_t i = 0;
@@ -558,6 +576,7 @@ static const st_cpu_kernels_t kernels_avx2 = {
     .sumsq_f32 = sumsq_f32_avx2,
     .scale_mul = scale_mul_avx2,
     .swiglu = swiglu_avx2,
+    .geglu = geglu_avx2,
     .add = add_avx2,
     .axpby = axpby_avx2,
     .exp_sum = exp_sum_avx2,

@@ -192,12 +192,49 @@ INLINE void qt_rows_init(const st_qmm_args_t *a, int r, int R, qt_rows_t *g)
     g->vidx = _mm512_loadu_si512(idx);
 }
 
+/* Q5_0 / Q5_1: bytes of the nibbles (the d and m before them: 2 or 4) and
+ * of the 32-bit word of fifth bits (bit j for value j). */
+INLINE size_t q5_qh_off(int type) { return type == ST_DTYPE_Q5_1 ? 4 : 2; }
+INLINE int    is_q5(int type)     { return type == ST_DTYPE_Q5_0 || type == ST_DTYPE_Q5_1; }
+INLINE size_t q_nib_off(int type)
+{
+    return type == ST_DTYPE_Q4_1 ? 4 : is_q5(type) ? q5_qh_off(type) + 4 : 2;
+}
+
+/* 0x10 in byte b of each dword where bit b of (x >> 0) is set, b = 0..3:
+ * the four bits spread to the bytes' low bits by one multiply. */
+INLINE __m512i q5_spread4(__m512i x)
+{
+    __m512i t = _mm512_mullo_epi32(_mm512_and_si512(x, _mm512_set1_epi32(0xF)),
+                                   _mm512_set1_epi32(0x00204081));
+    return _mm512_slli_epi32(_mm512_and_si512(t, _mm512_set1_epi32(0x01010101)), 4);
+}
+
+/* For qt_one's layout (128-bit lane l of Z[k] = row 4l + k): adds 0x10 to
+ * byte j of lane l of lo[k] where bit j of that row's word is set (values
+ * 0..15) and to hi[k] where bit 16 + j is (values 16..31). The words are
+ * read as scalars and turned into byte masks: cheaper than a gather and
+ * byte shuffles (AMD's vpgatherdd is slow; measured ~3x on the n = 1 path). */
+INLINE void q5_hbits_one(const uint8_t *const rp[16], size_t off, __m512i lo[4], __m512i hi[4])
+{
+    const __m512i c16 = _mm512_set1_epi8(0x10);
+    for (int k = 0; k < 4; k++) {
+        const uint64_t w0 = rd32(rp[k] + off), w1 = rd32(rp[4 + k] + off);
+        const uint64_t w2 = rd32(rp[8 + k] + off), w3 = rd32(rp[12 + k] + off);
+        const __mmask64 ml = (w0 & 0xFFFF) | (w1 & 0xFFFF) << 16 | (w2 & 0xFFFF) << 32 |
+                             (w3 & 0xFFFF) << 48;
+        const __mmask64 mh = (w0 >> 16) | (w1 >> 16) << 16 | (w2 >> 16) << 32 | (w3 >> 16) << 48;
+        lo[k] = _mm512_mask_add_epi8(lo[k], ml, lo[k], c16);
+        hi[k] = _mm512_mask_add_epi8(hi[k], mh, hi[k], c16);
+    }
+}
+
 /* Block b of the 16 rows, transposed (W[k] lane i = values 4k..4k+3 of
  * row i, as u8), with D and O per row. */
 INLINE void qt_block(int type, const qt_rows_t *g, int b, __m512i *W, __m512 *D, __m512 *O)
 {
     const int bb = st_qblock_bytes(type);
-    const size_t bo = (size_t)b * bb, qoff = type == ST_DTYPE_Q4_1 ? 4 : 2;
+    const size_t bo = (size_t)b * bb, qoff = q_nib_off(type);
     const __m512i m4 = _mm512_set1_epi8(0x0F), bias = _mm512_set1_epi8((char)0x80);
     __m512i K[4];
 
@@ -206,7 +243,7 @@ INLINE void qt_block(int type, const qt_rows_t *g, int b, __m512i *W, __m512 *D,
         _mm_prefetch((const char *)(g->grp + bo * 16 + (size_t)l + ST_GEMV_PREFETCH), ST_GEMV_PF_HINT);
     __m512i h = _mm512_i32gather_epi32(g->vidx, (const void *)(g->grp + bo), 1);
     *D = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h));
-    *O = _mm512_mul_ps(type == ST_DTYPE_Q4_1
+    *O = _mm512_mul_ps(type == ST_DTYPE_Q4_1 || type == ST_DTYPE_Q5_1
                            ? _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(h, 16)))
                            : *D,
                        _mm512_set1_ps(ofactor(type)));
@@ -222,6 +259,13 @@ INLINE void qt_block(int type, const qt_rows_t *g, int b, __m512i *W, __m512 *D,
         for (int k = 0; k < 4; k++) {
             W[k] = _mm512_and_si512(K[k], m4);
             W[4 + k] = _mm512_and_si512(_mm512_srli_epi16(K[k], 4), m4);
+        }
+        if (is_q5(type)) {   /* fifth bits: values 4k.. from bit 4k, 16 + 4k.. from 16 + 4k */
+            const __m512i H = _mm512_i32gather_epi32(g->vidx, (const void *)(g->grp + bo + q5_qh_off(type)), 1);
+            for (int k = 0; k < 4; k++) {
+                W[k] = _mm512_or_si512(W[k], q5_spread4(_mm512_srli_epi32(H, 4 * k)));
+                W[4 + k] = _mm512_or_si512(W[4 + k], q5_spread4(_mm512_srli_epi32(H, 16 + 4 * k)));
+            }
         }
     }
 }
@@ -336,7 +380,7 @@ INLINE void qt_one(int type, int two, const st_qmm_args_t *a, int r, int R, int 
     const uint8_t *xr = a->xq + (size_t)t * L->stride;
     const float *xv = (const float *)(xr + L->xv_off);
     const int bb = st_qblock_bytes(type);
-    const size_t qoff = type == ST_DTYPE_Q4_1 ? 4 : 2;
+    const size_t qoff = q_nib_off(type);
     const __m512i m4 = _mm512_set1_epi8(0x0F), bias = _mm512_set1_epi8((char)0x80);
     const __m512 of = _mm512_set1_ps(ofactor(type));
     __m512 acc = _mm512_setzero_ps();
@@ -365,6 +409,8 @@ INLINE void qt_one(int type, int two, const st_qmm_args_t *a, int r, int R, int 
                 hi[k] = _mm512_and_si512(_mm512_srli_epi16(lo[k], 4), m4);
                 lo[k] = _mm512_and_si512(lo[k], m4);
             }
+            if (is_q5(type))
+                q5_hbits_one(g.rp, bo + q5_qh_off(type), lo, hi);
         }
         for (int k = 0; k < 4; k++)
             P[k] = _mm512_setzero_si512();
@@ -378,8 +424,9 @@ INLINE void qt_one(int type, int two, const st_qmm_args_t *a, int r, int R, int 
         const __m512i h = _mm512_i32gather_epi32(g.vidx, (const void *)(g.grp + bo), 1);
         const __m512 D = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h));
         const __m512 O = _mm512_mul_ps(
-            type == ST_DTYPE_Q4_1 ? _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(h, 16)))
-                                  : D,
+            type == ST_DTYPE_Q4_1 || type == ST_DTYPE_Q5_1
+                ? _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(h, 16)))
+                : D,
             of);
         acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_mul_ps(D, _mm512_set1_ps(xv[vo])), acc);
         acc = _mm512_fmadd_ps(O, _mm512_set1_ps(xv[vo + 1]), acc);
@@ -418,6 +465,10 @@ static void qgemv_avx512(const st_qmm_args_t *a, int r0, int r1, void *scratch)
     case ST_DTYPE_Q4_1 * 2 + 1: qt_type(ST_DTYPE_Q4_1, 1, a, r0, r1, scratch); break;
     case ST_DTYPE_Q4_0 * 2:     qt_type(ST_DTYPE_Q4_0, 0, a, r0, r1, scratch); break;
     case ST_DTYPE_Q4_0 * 2 + 1: qt_type(ST_DTYPE_Q4_0, 1, a, r0, r1, scratch); break;
+    case ST_DTYPE_Q5_0 * 2:     qt_type(ST_DTYPE_Q5_0, 0, a, r0, r1, scratch); break;
+    case ST_DTYPE_Q5_0 * 2 + 1: qt_type(ST_DTYPE_Q5_0, 1, a, r0, r1, scratch); break;
+    case ST_DTYPE_Q5_1 * 2:     qt_type(ST_DTYPE_Q5_1, 0, a, r0, r1, scratch); break;
+    case ST_DTYPE_Q5_1 * 2 + 1: qt_type(ST_DTYPE_Q5_1, 1, a, r0, r1, scratch); break;
     case ST_DTYPE_Q8_0 * 2:     qt_type(ST_DTYPE_Q8_0, 0, a, r0, r1, scratch); break;
     default:                    qt_type(ST_DTYPE_Q8_0, 1, a, r0, r1, scratch); break;
     }
@@ -490,6 +541,20 @@ static void swiglu_avx512(const float *g, const float *u, float *out, size_t n)
         __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), vg));
         __m512 silu = _mm512_div_ps(vg, _mm512_add_ps(one, e));
         _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(silu, _mm512_maskz_loadu_ps(m, u + i)));
+    }
+}
+
+/* GELU (tanh form) x / (1 + e^-2u) times up; see kern_scalar.c */
+static void geglu_avx512(const float *g, const float *u, float *out, size_t n)
+{
+    const __m512 one = _mm512_set1_ps(1.0f), k = _mm512_set1_ps(-1.5957691216057308f);
+    const __m512 c3 = _mm512_set1_ps(0.044715f);
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask((int)ST_MIN(n - i, (size_t)16));
+        __m512 x = _mm512_maskz_loadu_ps(m, g + i);
+        __m512 t = _mm512_mul_ps(k, _mm512_fmadd_ps(_mm512_mul_ps(c3, x), _mm512_mul_ps(x, x), x));
+        __m512 y = _mm512_div_ps(x, _mm512_add_ps(one, exp512(t)));
+        _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(y, _mm512_maskz_loadu_ps(m, u + i)));
     }
 }
 
@@ -796,6 +861,7 @@ static const st_cpu_kernels_t kernels_avx512 = {
     .isa = ST_CPU_ISA_AVX512,
     .quantize_row = quantize_row_avx512,
     .qgemv = qgemv_avx512,
+    .qgemv_q5 = 1,
     .qgemm = NULL,
     .qgemm_scratch = qt_scratch,
     .tile_min_n = 0,
@@ -805,6 +871,7 @@ static const st_cpu_kernels_t kernels_avx512 = {
     .sumsq_f32 = sumsq_f32_avx512,
     .scale_mul = scale_mul_avx512,
     .swiglu = swiglu_avx512,
+    .geglu = geglu_avx512,
     .add = add_avx512,
     .axpby = axpby_avx512,
     .exp_sum = exp_sum_avx512,

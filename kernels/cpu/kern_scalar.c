@@ -171,6 +171,16 @@ static void swiglu_scalar(const float *g, const float *u, float *out, size_t n)
         out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
+/* GELU (tanh form) as x * sigmoid(2 u): 0.5 x (1 + tanh u) = x / (1 + e^-2u),
+ * u = sqrt(2/pi) (x + 0.044715 x^3); the same formula at every level. */
+static void geglu_scalar(const float *g, const float *u, float *out, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        const float x = g[i], t = -1.5957691216057308f * (x + 0.044715f * x * x * x);
+        out[i] = x / (1.0f + expf(t)) * u[i];
+    }
+}
+
 static void add_scalar(float *x, const float *y, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -205,6 +215,7 @@ static const st_cpu_kernels_t kernels_scalar = {
     .sumsq_f32 = sumsq_f32_scalar,
     .scale_mul = scale_mul_scalar,
     .swiglu = swiglu_scalar,
+    .geglu = geglu_scalar,
     .add = add_scalar,
     .axpby = axpby_scalar,
     .exp_sum = exp_sum_scalar,

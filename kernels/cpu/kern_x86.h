@@ -27,11 +27,18 @@ INLINE uint32_t rd16(const uint8_t *p)
     return v;
 }
 
-/* Factor on the O slot of pair_dm: Q4_1 carries m itself, Q4_0 and Q8_0
- * carry d and their offset is a power-of-two multiple of it (exact). */
+/* Factor on the O slot of pair_dm: Q4_1 and Q5_1 carry m itself, Q4_0,
+ * Q5_0 and Q8_0 carry d and their offset is a power-of-two multiple of it
+ * (exact). */
 INLINE float ofactor(int type)
 {
-    return type == ST_DTYPE_Q4_1 ? 1.0f : type == ST_DTYPE_Q4_0 ? -8.0f : -128.0f;
+    switch (type) {
+    case ST_DTYPE_Q4_1:
+    case ST_DTYPE_Q5_1: return 1.0f;
+    case ST_DTYPE_Q4_0: return -8.0f;
+    case ST_DTYPE_Q5_0: return -16.0f;
+    default:            return -128.0f;
+    }
 }
 
 /* [D0, O0, D1, O1] of a block pair as floats; b1 == NULL: second block zero. */

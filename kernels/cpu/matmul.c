@@ -57,9 +57,16 @@ typedef struct mm_job {
     _Atomic int        next_chunk;
 } mm_job_t;
 
-static int is_int_type(int type)
+/* Types the level's qgemv reads against quantized activations; qgemm
+ * (tiles) takes only the first three. */
+static int is_tile_type(int type)
 {
     return type == ST_DTYPE_Q4_0 || type == ST_DTYPE_Q4_1 || type == ST_DTYPE_Q8_0;
+}
+
+static int is_int_type(const st_cpu_kernels_t *k, int type)
+{
+    return is_tile_type(type) || (k->qgemv_q5 && (type == ST_DTYPE_Q5_0 || type == ST_DTYPE_Q5_1));
 }
 
 static size_t tscratch_need(const st_cpu_kernels_t *k, int two, uint32_t max_cols)
@@ -259,8 +266,8 @@ static void mm_slice(st_cpu_mm_t *mm, int n_w, const st_tensor_t *const *w, cons
     j.cols = cols;
     j.qa.n = n;
     j.tok_grain = 1;
-    if (is_int_type(w[0]->type)) {
-        j.kind = k->qgemm && n >= k->tile_min_n ? MM_QGEMM : MM_QGEMV;
+    if (is_int_type(k, w[0]->type)) {
+        j.kind = k->qgemm && n >= k->tile_min_n && is_tile_type(w[0]->type) ? MM_QGEMM : MM_QGEMV;
         j.with_dx16 = j.kind == MM_QGEMM;
         if (j.kind == MM_QGEMM && k->repack && n >= k->repack_min_n) {
             j.repack = 1;
@@ -321,7 +328,8 @@ void st_cpu_mm_run_multi(st_cpu_mm_t *mm, int n_w, const st_tensor_t *const *w, 
         ST_ASSERT(w[i]->row_bytes == st_dtype_row_bytes(w[i]->type, w[i]->ne[0]));
         /* Integer weights share one quantization of x; float ones do not
          * quantize, so they (and mismatched widths) go one at a time. */
-        if ((int)w[i]->ne[0] != cols || !is_int_type(w[i]->type) || w[i]->ne[1] == 0)
+        if ((int)w[i]->ne[0] != cols || !is_int_type(mm->k, w[i]->type) || w[i]->ne[1] == 0 ||
+            is_tile_type(w[i]->type) != is_tile_type(w[0]->type))   /* one kernel kind per job */
             fuse = 0;
     }
     if (!fuse) {

@@ -73,14 +73,15 @@ static void block_DO(int type, const uint8_t *blk, double *D, double *O, double 
     switch (type) {
     case ST_DTYPE_Q4_1: *O = fabs(st_fp16_to_f32(m)); *umax = 15; break;
     case ST_DTYPE_Q4_0: *O = 8 * *D; *umax = 15; break;
+    case ST_DTYPE_Q5_0: *O = 16 * *D; *umax = 31; break;
+    case ST_DTYPE_Q5_1: *O = fabs(st_fp16_to_f32(m)); *umax = 31; break;
     default:            *O = 128 * *D; *umax = 255; break;
     }
 }
 
-static int make_ref(const st_tensor_t *w, const float *x, int n, int bits, ref_t *ref)
+static int make_ref(const st_tensor_t *w, const float *x, int n, int bits, int quant, ref_t *ref)
 {
     const int rows = (int)w->ne[1], cols = (int)w->ne[0], type = w->type;
-    const int quant = type == ST_DTYPE_Q4_0 || type == ST_DTYPE_Q4_1 || type == ST_DTYPE_Q8_0;
     float *wr = malloc((size_t)cols * sizeof *wr);
     ref->val = malloc((size_t)n * rows * sizeof(double));
     ref->tol = malloc((size_t)n * rows * sizeof(double));
@@ -153,12 +154,15 @@ static int check_shape_b(int type, int rows, int cols, int n, uint64_t seed, int
     for (int t = 0; t < n; t++)
         x[(size_t)t * cols + (size_t)(kt_rng(&s) % (uint64_t)cols)] *= 20.0f;
     for (int bits = 16; bits >= 8; bits -= 8) {
-        if (make_ref(&w, x, n, bits, &ref) != 0)
-            return 1;
-
+        int any_int = 0;
         for (int isa = 0; isa < ST_CPU_ISA_COUNT_; isa++) {
             if (!st_cpu_isa_supported((st_cpu_isa_t)isa))
                 continue;
+            /* the reference (and tolerance) of the path this level takes */
+            const int quant = st_cpu_int_activations((st_cpu_isa_t)isa, type);
+            any_int |= quant;
+            if (make_ref(&w, x, n, bits, quant, &ref) != 0)
+                return 1;
             for (int nth = 1; nth <= 3; nth++) {
                 st_backend_t be;
                 if (kt_open_bits((st_cpu_isa_t)isa, nth, bits, max_batch, 1024, &be) != 0)
@@ -194,12 +198,12 @@ static int check_shape_b(int type, int rows, int cols, int n, uint64_t seed, int
                     fails++;
                 }
             }
+            free(ref.val);
+            free(ref.tol);
+            free(ref.qval);
+            free(ref.qtol);
         }
-        free(ref.val);
-        free(ref.tol);
-        free(ref.qval);
-        free(ref.qtol);
-        if (type != ST_DTYPE_Q4_0 && type != ST_DTYPE_Q4_1 && type != ST_DTYPE_Q8_0)
+        if (!any_int)
             break;   /* float paths do not depend on STRATA_ACT_BITS */
     }
     free((void *)w.data);
@@ -313,7 +317,7 @@ static double worst_err(int type, int rows, int cols, int n, int bits, st_cpu_is
     if (!x || !out || kt_make_weight(&w, type, rows, cols, &s) != 0)
         goto done;
     kt_fill(x, (size_t)n * cols, 2.0f, &s);
-    if (make_ref(&w, x, n, 8, &ref) != 0 || kt_open_bits(isa, 1, bits, 64, 2048, &be) != 0)
+    if (make_ref(&w, x, n, 8, 1, &ref) != 0 || kt_open_bits(isa, 1, bits, 64, 2048, &be) != 0)
         goto done_w;
     be.ops->matmul(be.ctx, &w, x, n, out);
     st_backend_close(&be);

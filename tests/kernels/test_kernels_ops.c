@@ -1,6 +1,6 @@
 /*
  * test_kernels_ops.c - workbench for the CPU backend's other ops (get_rows,
- * rmsnorm, rope, kv_store, attention, swiglu, add) against float64
+ * rmsnorm, rope, kv_store, attention, swiglu, geglu, add) against float64
  * references, on every supported ISA level and 1/2/3 threads, plus the
  * registry, the ISA override, the thread pool and the bandwidth probe.
  *
@@ -296,7 +296,7 @@ ST_TEST(kv_store_and_attention_vs_double)
     attention_case(st_failed_, 6, 6, 40);
 }
 
-ST_TEST(swiglu_and_add_vs_double)
+ST_TEST(swiglu_geglu_and_add_vs_double)
 {
     static const size_t ns[] = {1, 15, 1536, 100003};
     uint64_t s = 41;
@@ -312,6 +312,17 @@ ST_TEST(swiglu_and_add_vs_double)
             for (size_t i = 0; i < n; i++) {
                 double want = (double)g[i] / (1.0 + exp(-(double)g[i])) * u[i];
                 ST_CHECK_NEAR(out[i], want, 1e-5 * fabs(want) + 1e-30);
+            }
+            /* GeGLU, tanh form (HF's gelu_pytorch_tanh): 0.5 x (1 + tanh t)
+             * = x / (1 + e^-2t), taken in double in the second form, which
+             * does not cancel where tanh t nears -1. Far in that tail the
+             * output is below 1e-9 of |up| and only that absolute bound
+             * holds (the polynomial exp is relative to its clamped input). */
+            be.ops->geglu(be.ctx, g, u, n, out);
+            for (size_t i = 0; i < n; i++) {
+                double xg = g[i], t = 0.7978845608028654 * (xg + 0.044715 * xg * xg * xg);
+                double want = xg / (1.0 + exp(-2.0 * t)) * u[i];
+                ST_CHECK_NEAR(out[i], want, 1e-5 * fabs(want) + 1e-9 * fabs(u[i]) + 1e-30);
             }
             memcpy(x, g, n * 4);
             be.ops->add(be.ctx, x, u, n);
