@@ -9,6 +9,7 @@ jobs=$(nproc)
 
 scripts/install-deps.sh --test
 export STRATA_MODEL=${STRATA_MODEL:-$(scripts/fetch-model.sh)}
+export STRATA_GEMMA3=${STRATA_GEMMA3:-$(scripts/fetch-model.sh gemma3)}
 
 echo "== build (release, -Werror)"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTRATA_WERROR=ON >/dev/null
@@ -51,3 +52,9 @@ python3 -m pytest -q tests/py "$@"
 echo "== integration tests under ASan+UBSan (cluster faults, encrypted cluster)"
 STRATA_BIN=$STRATA_ASAN_BIN python3 -m pytest -q tests/py/test_cluster_faults.py \
   tests/py/test_cluster_crypt.py
+
+# Every architecture's forward (MLA, experts, sliding windows) and its
+# cluster split, sanitized.
+echo "== architecture references under ASan+UBSan"
+STRATA_BIN=$STRATA_ASAN_BIN python3 -m pytest -q tests/py/test_arch_ref.py \
+  -k "logits or teacher or quantized or cluster"

@@ -222,8 +222,10 @@ def test_config_file(strata, real_model, tmp_path):
 
 
 def test_sigterm_drains(strata, real_model):
+    # long enough to be running when the signal lands (120 tokens finished
+    # within the 0.5 s below on a fast machine, before any drain)
     c = start([strata, "coordinator", "-m", real_model, "--local", "2", "-t", "1", "-p", PROMPT,
-               "-n", "120", "--ignore-eos"])
+               "-n", "600", "--ignore-eos"])
     w = StderrWatch(c)
     w.wait_for("cluster running", 60)   # workers loaded, generation starting
     time.sleep(0.5)
@@ -231,4 +233,4 @@ def test_sigterm_drains(strata, real_model):
     out, err = w.finish(60)
     assert c.returncode == 0, err[-3000:]
     assert "draining" in err
-    assert "request 0 stream 0: 120 tokens" in err      # the running request finished
+    assert "request 0 stream 0: 600 tokens" in err      # the running request finished

@@ -36,12 +36,13 @@ def free_port():
 
 
 class Server:
-    def __init__(self, *args, tls=False, env=None):
-        need_model()
+    def __init__(self, *args, tls=False, env=None, model=None):
+        if model is None:
+            need_model()
         self.port = free_port()
         self.scheme = "https" if tls else "http"
         self.url = f"{self.scheme}://127.0.0.1:{self.port}"
-        cmd = [BIN, "serve", "-m", MODEL, "--port", str(self.port), "-t", "2", *args]
+        cmd = [BIN, "serve", "-m", model or MODEL, "--port", str(self.port), "-t", "2", *args]
         e = dict(os.environ)
         e.update(env or {})
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
