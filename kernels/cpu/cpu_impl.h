@@ -74,10 +74,14 @@
 #define ST_ATTN_HEAD_MAX_DIM 128
 /* qgemv prefetches each weight stream this many bytes ahead. The hardware
  * prefetcher alone left decode at ~55 tokens/s on the 2-core dev VM under
- * load; 4 KiB gave ~90, 8 KiB ~100 (strata bench decode, 1 thread).
- * Prefetches never fault, so running past the mapping's end is harmless. */
+ * load; 4 KiB gave ~90, 8 KiB ~100 (SmolLM2, strata bench decode, 1 thread,
+ * Intel Xeon). On an AMD EPYC (2026-12-07, same benchmark, 1 / 2 threads)
+ * 16 KiB was best of 4..64 KiB: Gemma 3 270M decode 81 -> 93-99 / 129 ->
+ * 136 tokens/s against 8 KiB, SmolLM2 239 -> 256 / 349 -> 352; 32 and 64
+ * KiB fell back. Prefetches never fault, so running past the mapping's end
+ * is harmless. */
 #ifndef ST_GEMV_PREFETCH   /* -D overrides for experiments */
-#define ST_GEMV_PREFETCH 8192
+#define ST_GEMV_PREFETCH 16384
 #endif
 #ifndef ST_GEMV_PF_HINT
 #define ST_GEMV_PF_HINT _MM_HINT_T0
