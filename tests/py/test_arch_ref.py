@@ -267,3 +267,70 @@ def test_info_reports_mla_cache_and_active_expert_bytes(strata, refs):
         assert j["mla"]["kv_lora_rank"] == c["kv_lora_rank"]
         assert j["mla"]["q_lora_rank"] == (c["q_lora_rank"] or 0)
     assert j["moe"]["gating"] == "softmax"
+
+
+def _rewrite(src, dst, set_kv=None, drop_kv=(), drop_tensors=()):
+    """A copy of a GGUF with some metadata changed or removed, or tensors
+    left out (gguf-py's reader and writer)."""
+    import gguf
+    r = gguf.GGUFReader(str(src))
+    arch = bytes(r.fields["general.architecture"].parts[-1]).decode()
+    w = gguf.GGUFWriter(str(dst), arch)
+    set_kv = dict(set_kv or {})
+    for name, f in r.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture" or name in drop_kv:
+            continue
+        vtype = gguf.GGUFValueType(f.types[0])
+        sub = gguf.GGUFValueType(f.types[1]) if vtype == gguf.GGUFValueType.ARRAY else None
+        val = set_kv.pop(name, f.contents())
+        w.add_key_value(name, val, vtype, sub_type=sub)
+    for name, val in set_kv.items():   # new keys: u32 unless a float is given
+        w.add_key_value(name, val, gguf.GGUFValueType.FLOAT32 if isinstance(val, float)
+                        else gguf.GGUFValueType.UINT32)
+    for t in r.tensors:
+        if t.name not in drop_tensors:
+            w.add_tensor(t.name, np.array(t.data), raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+BAD_METADATA = [
+    # (case, change, words the one-line error must contain)
+    ("deepseek3", {"set_kv": {"deepseek2.expert_used_count": 9}}, ["expert_used_count", "9"]),
+    ("deepseek3", {"set_kv": {"deepseek2.expert_gating_func": 3}}, ["expert_gating_func", "3"]),
+    ("deepseek3", {"set_kv": {"deepseek2.expert_group_count": 3}}, ["expert_group_count", "3"]),
+    ("deepseek3", {"set_kv": {"deepseek2.expert_group_used_count": 5}},   # of 4 groups
+     ["expert_group_used_count", "5"]),
+    ("deepseek3", {"set_kv": {"deepseek2.attention.key_length": 47}},
+     ["attention.key_length", "47"]),
+    ("deepseek3", {"drop_kv": ["deepseek2.attention.key_length_mla"]},
+     ["key_length_mla", "attn_kv_b", "re-convert"]),
+    ("deepseek3", {"drop_kv": ["deepseek2.attention.kv_lora_rank"]}, ["kv_lora_rank"]),
+    ("deepseek3", {"set_kv": {"deepseek2.rope.dimension_count": 15}},
+     ["rope.dimension_count", "15"]),
+    ("deepseek3", {"drop_tensors": ["blk.1.ffn_gate_exps.weight"]}, ["blk.1.ffn_gate_exps.weight"]),
+    ("deepseek3", {"drop_tensors": ["blk.2.attn_k_b.weight"]}, ["blk.2.attn_k_b.weight"]),
+    ("deepseek2lite", {"set_kv": {"deepseek2.expert_feed_forward_length": 33}},
+     ["ffn_gate_exps"]),
+    ("gemma3", {"drop_tensors": ["blk.3.post_ffw_norm.weight"]}, ["blk.3.post_ffw_norm.weight"]),
+    ("qwen3", {"drop_tensors": ["blk.0.attn_k_norm.weight"]}, ["blk.0.attn_k_norm.weight"]),
+]
+
+
+@pytest.mark.parametrize("case,change,words", BAD_METADATA,
+                         ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(BAD_METADATA)])
+def test_inconsistent_files_are_refused_naming_the_problem(strata, refs, tmp_path, case,
+                                                           change, words):
+    p, _ = refs(case)
+    bad = tmp_path / "bad.gguf"
+    _rewrite(p["gguf"], bad, **change)
+    for cmd in ([strata, "info", str(bad)],
+                [strata, "generate", "-m", str(bad), "-p", "x", "-n", "1"]):
+        r = run(cmd)
+        assert r.returncode != 0, (cmd, r.stdout)
+        err = r.stderr.strip()
+        assert all(w in err for w in words), err
+        assert len(err.splitlines()) <= 2, err    # one line (generate may add its usage hint)
+        assert "Traceback" not in err and "Sanitizer" not in err
