@@ -6,12 +6,24 @@
  * types UCX handles (host, CUDA), and whether RDMA and GPUDirect RDMA are
  * usable. Inter-node traffic silently falling back to TCP is the most common
  * surprise with RDMA transports, so that case gets a loud warning.
+ *
+ * "GPU activations" says which way a CUDA worker's activations would travel
+ * (st_transport_mem_register with ST_TRANSPORT_MEM_CUDA): handed to UCX as
+ * device memory when the UCP context reports CUDA support, and then GPU to
+ * GPU where UCX has the transports for it (cuda_ipc on one host, an RDMA
+ * transport whose memory domain registers CUDA memory between hosts:
+ * GPUDirect RDMA, with gdr_copy for small messages); otherwise staged
+ * through pinned host memory, with the reason. The memory domains are read
+ * from UCT (uct_md_query: access/reg memory types) and the transports of
+ * each domain, not from `ucx_info` output.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #ifdef STRATA_HAVE_UCX
+#include <uct/api/uct.h>
+
 #include "st_transport.h"
 #endif
 
@@ -25,6 +37,116 @@ int st_cmd_doctor(int argc, char **argv)
     return 1;
 }
 #else
+
+/* What UCT offers for CUDA device memory on this host. */
+typedef struct gpu_caps {
+    int  cuda_md;                       /* a memory domain accesses/registers CUDA memory */
+    int  cuda_copy, cuda_ipc, gdr_copy; /* UCT's CUDA transports found */
+    int  rdma_cuda;                     /* an RDMA transport's domain registers CUDA memory */
+    char rdma_cuda_tl[96];              /* its "tl/dev" */
+} gpu_caps_t;
+
+static int is_rdma_tl(const char *tl)
+{
+    return !strncmp(tl, "rc_", 3) || !strncmp(tl, "dc_", 3) || !strncmp(tl, "ud_", 3);
+}
+
+static void query_md(uct_component_h comp, const char *md_name, gpu_caps_t *g)
+{
+    uct_md_config_t *mdc;
+    uct_md_h md;
+    uct_md_attr_t ma;
+    uct_tl_resource_desc_t *tls;
+    unsigned n_tls;
+    uint64_t cuda = UCS_BIT(UCS_MEMORY_TYPE_CUDA);
+    int md_access = 0, md_reg = 0;
+
+    if (uct_md_config_read(comp, NULL, NULL, &mdc) != UCS_OK)
+        return;
+    if (uct_md_open(comp, md_name, mdc, &md) != UCS_OK)
+        goto out_config;
+    if (uct_md_query(md, &ma) == UCS_OK) {
+        md_access = !!((ma.cap.access_mem_types | ma.cap.detect_mem_types) & cuda);
+        md_reg = !!(ma.cap.reg_mem_types & cuda);
+    }
+    if (md_access || md_reg)
+        g->cuda_md = 1;
+    if (uct_md_query_tl_resources(md, &tls, &n_tls) == UCS_OK) {
+        for (unsigned i = 0; i < n_tls; i++) {
+            const char *tl = tls[i].tl_name;
+            g->cuda_copy |= !strcmp(tl, "cuda_copy");
+            g->cuda_ipc |= !strcmp(tl, "cuda_ipc");
+            g->gdr_copy |= !strcmp(tl, "gdr_copy");
+            if (is_rdma_tl(tl) && md_reg && !g->rdma_cuda) {
+                g->rdma_cuda = 1;
+                snprintf(g->rdma_cuda_tl, sizeof g->rdma_cuda_tl, "%s/%s", tl, tls[i].dev_name);
+            }
+        }
+        uct_release_tl_resource_list(tls);
+    }
+    uct_md_close(md);
+out_config:
+    uct_config_release(mdc);
+}
+
+static void query_gpu_caps(gpu_caps_t *g)
+{
+    uct_component_h *comps;
+    unsigned n_comps;
+
+    memset(g, 0, sizeof *g);
+    if (uct_query_components(&comps, &n_comps) != UCS_OK)
+        return;
+    for (unsigned c = 0; c < n_comps; c++) {
+        uct_component_attr_t ca;
+
+        memset(&ca, 0, sizeof ca);
+        ca.field_mask = UCT_COMPONENT_ATTR_FIELD_MD_RESOURCE_COUNT;
+        if (uct_component_query(comps[c], &ca) != UCS_OK || ca.md_resource_count == 0)
+            continue;
+        ca.md_resources = calloc(ca.md_resource_count, sizeof *ca.md_resources);
+        if (!ca.md_resources)
+            continue;
+        ca.field_mask = UCT_COMPONENT_ATTR_FIELD_MD_RESOURCES;
+        if (uct_component_query(comps[c], &ca) == UCS_OK)
+            for (unsigned m = 0; m < ca.md_resource_count; m++)
+                query_md(comps[c], ca.md_resources[m].md_name, g);
+        free(ca.md_resources);
+    }
+    uct_release_component_list(comps);
+}
+
+/* The "GPU activations" lines: GPU to GPU over UCX's CUDA support, or
+ * staged through pinned host memory, and why. */
+static void print_gpu_path(const st_transport_info_t *info)
+{
+    gpu_caps_t g;
+
+    query_gpu_caps(&g);
+    if (!info->mem_cuda) {
+        printf("  GPU activations      staged through pinned host memory: %s%s\n",
+               !g.cuda_md ? "this UCX has no CUDA memory domain (no cuda_copy, cuda_ipc or "
+                            "gdr_copy: UCX built without CUDA, its CUDA module not installed, "
+                            "or no NVIDIA driver/GPU)"
+                          : "UCX has CUDA memory domains but the UCP context does not take "
+                            "CUDA memory (UCX_TLS / --tls exclude cuda_copy?)",
+               info->rdma ? "" : "; no RDMA transport (rc/dc/ud verbs) either");
+        return;
+    }
+    if (info->gpudirect)
+        printf("  GPU activations      GPU to GPU: UCX takes device memory, between hosts by "
+               "GPUDirect RDMA (%s)%s\n", g.rdma_cuda_tl[0] ? g.rdma_cuda_tl : "rdma",
+               g.gdr_copy ? ", gdr_copy for small messages" : ", no gdr_copy (small messages "
+               "are copied by cuda_copy)");
+    else
+        printf("  GPU activations      staged through pinned host memory between hosts (by "
+               "UCX): %s\n", !info->rdma ? "no RDMA transport (rc/dc/ud verbs)"
+                              : "the RDMA NIC cannot register CUDA memory (nvidia-peermem "
+                                "not loaded?)");
+    printf("    on one host        %s\n",
+           g.cuda_ipc ? "GPU to GPU over cuda_ipc"
+                      : "through host memory (cuda_copy, no cuda_ipc)");
+}
 
 static void usage(FILE *f)
 {
@@ -83,6 +205,9 @@ int st_cmd_doctor(int argc, char **argv)
     printf("  GPUDirect RDMA       %s\n", info.gpudirect ? "yes" :
            !info.rdma ? "no (no RDMA transport)" :
            !info.mem_cuda ? "no (UCX without CUDA support)" : "no (NIC cannot register CUDA memory)");
+    print_gpu_path(&info);
+    printf("                       (what the transport does with CUDA buffers; workers still "
+           "send host copies of activations: docs/CUDA.md)\n");
     if (info.net_none) {
         printf("\n  !!! WARNING: no inter-node transport is selected: workers on other hosts\n"
                "  !!! cannot be reached. Check UCX_TLS / UCX_NET_DEVICES.\n");
