@@ -12,6 +12,7 @@
 st_status_t st_arch_bind_llama(st_bind_t *b);
 st_status_t st_arch_bind_qwen2(st_bind_t *b);
 st_status_t st_arch_bind_qwen3(st_bind_t *b);
+st_status_t st_arch_bind_qwen3moe(st_bind_t *b);
 st_status_t st_arch_bind_gemma3(st_bind_t *b);
 st_status_t st_arch_bind_deepseek2(st_bind_t *b);
 
@@ -19,6 +20,7 @@ static const st_arch_t archs[] = {
     {"llama",     ST_FAMILY_LLAMA,     st_arch_bind_llama},
     {"qwen2",     ST_FAMILY_LLAMA,     st_arch_bind_qwen2},
     {"qwen3",     ST_FAMILY_LLAMA,     st_arch_bind_qwen3},
+    {"qwen3moe",  ST_FAMILY_LLAMA,     st_arch_bind_qwen3moe},
     {"gemma3",    ST_FAMILY_GEMMA3,    st_arch_bind_gemma3},
     {"deepseek2", ST_FAMILY_DEEPSEEK2, st_arch_bind_deepseek2},
 };
@@ -33,5 +35,5 @@ const st_arch_t *st_arch_find(const char *name, uint64_t len)
 
 const char *st_model_supported_archs(void)
 {
-    return "llama, qwen2, qwen3, gemma3, deepseek2";
+    return "llama, qwen2, qwen3, qwen3moe, gemma3, deepseek2";
 }

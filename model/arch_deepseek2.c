@@ -79,7 +79,7 @@ static st_status_t read_mla(st_bind_t *b)
 static st_status_t read_moe(st_bind_t *b)
 {
     st_hparams_t *hp = &b->m->hp;
-    uint32_t zero = 0, gating = ST_GATING_SOFTMAX, lead = 0;
+    uint32_t zero = 0, lead = 0;
     st_status_t s;
 
     if ((s = st_bind_u32(b, "feed_forward_length", NULL, 1, 1u << 22, &hp->n_ff)) != ST_OK ||
@@ -89,38 +89,7 @@ static st_status_t read_moe(st_bind_t *b)
     hp->n_layer_dense_lead = hp->n_expert ? lead : hp->n_layer;
     if (hp->n_expert == 0)
         return ST_OK;
-    if ((s = st_bind_u32(b, "expert_used_count", NULL, 1, hp->n_expert, &hp->n_expert_used)) != ST_OK ||
-        (s = st_bind_u32(b, "expert_shared_count", &zero, 0, 1u << 10, &hp->n_expert_shared)) != ST_OK ||
-        (s = st_bind_u32(b, "expert_feed_forward_length", NULL, 1, 1u << 22, &hp->n_ff_exp)) != ST_OK ||
-        (s = st_bind_f32(b, "expert_weights_scale", 1.0f, 1e-6f, 1e6f,
-                         &hp->expert_weights_scale)) != ST_OK ||
-        (s = st_bind_bool(b, "expert_weights_norm", 0, &hp->expert_weights_norm)) != ST_OK ||
-        (s = st_bind_u32(b, "expert_gating_func", &gating, 0, 2, &gating)) != ST_OK ||
-        (s = st_bind_u32(b, "expert_group_count", &zero, 0, hp->n_expert, &hp->n_expert_group)) != ST_OK)
-        return s;
-    /* 0 ("none") is what older V2 files carry: llama.cpp reads it as softmax. */
-    hp->expert_gating = gating == 2 ? ST_GATING_SIGMOID : ST_GATING_SOFTMAX;
-    hp->n_ff_shexp = hp->n_ff_exp * hp->n_expert_shared;
-    if (hp->n_expert_group > 1) {
-        uint32_t per;
-        if (hp->n_expert % hp->n_expert_group)
-            return st_bind_error(b, ST_ERR_FORMAT, "key '%s.expert_group_count': %" PRIu32
-                                 " does not divide expert_count %" PRIu32, b->arch,
-                                 hp->n_expert_group, hp->n_expert);
-        if ((s = st_bind_u32(b, "expert_group_used_count", NULL, 1, hp->n_expert_group,
-                             &hp->n_expert_group_used)) != ST_OK)
-            return s;
-        per = hp->n_expert / hp->n_expert_group;
-        /* Group scores sum each group's two best experts. */
-        if (per < 2 || (uint64_t)hp->n_expert_group_used * per < hp->n_expert_used)
-            return st_bind_error(b, ST_ERR_FORMAT, "key '%s.expert_group_used_count': %" PRIu32
-                                 " groups of %" PRIu32 " experts cannot supply %" PRIu32
-                                 " experts (or groups have fewer than 2)", b->arch,
-                                 hp->n_expert_group_used, per, hp->n_expert_used);
-    } else {
-        hp->n_expert_group = 0;
-    }
-    return ST_OK;
+    return st_bind_moe_keys(b, 0);
 }
 
 static st_status_t bind_attn(st_bind_t *b, int i)
@@ -166,33 +135,6 @@ static st_status_t bind_attn(st_bind_t *b, int i)
     return ST_OK;
 }
 
-static st_status_t bind_moe(st_bind_t *b, int i)
-{
-    const st_hparams_t *hp = &b->m->hp;
-    st_layer_t *l = &b->m->layers[i];
-    uint64_t d = hp->n_embd, f = hp->n_ff_exp, e = hp->n_expert;
-    st_status_t s;
-
-    l->is_moe = 1;
-    if ((s = st_bind_tensor(b, i, "ffn_norm", d, 0, 0, ST_BIND_F32, &l->ffn_norm)) != ST_OK ||
-        (s = st_bind_tensor(b, i, "ffn_gate_inp", d, e, 0, 0, &l->gate_inp)) != ST_OK ||
-        (s = st_bind_tensor(b, i, "exp_probs_b.bias", e, 0, 0, ST_BIND_F32 | ST_BIND_OPT,
-                            &l->exp_probs_b)) != ST_OK ||
-        (s = st_bind_tensor(b, i, "ffn_gate_exps", d, f, e, 0, &l->gate_exps)) != ST_OK ||
-        (s = st_bind_tensor(b, i, "ffn_up_exps", d, f, e, 0, &l->up_exps)) != ST_OK ||
-        (s = st_bind_tensor(b, i, "ffn_down_exps", f, d, e, 0, &l->down_exps)) != ST_OK ||
-        (s = st_bind_views(b, l->gate_exps, &l->exp_gate)) != ST_OK ||
-        (s = st_bind_views(b, l->up_exps, &l->exp_up)) != ST_OK ||
-        (s = st_bind_views(b, l->down_exps, &l->exp_down)) != ST_OK)
-        return s;
-    if (hp->n_expert_shared &&
-        ((s = st_bind_tensor(b, i, "ffn_gate_shexp", d, hp->n_ff_shexp, 0, 0, &l->gate_shexp)) != ST_OK ||
-         (s = st_bind_tensor(b, i, "ffn_up_shexp", d, hp->n_ff_shexp, 0, 0, &l->up_shexp)) != ST_OK ||
-         (s = st_bind_tensor(b, i, "ffn_down_shexp", hp->n_ff_shexp, d, 0, 0, &l->down_shexp)) != ST_OK))
-        return s;
-    return ST_OK;
-}
-
 st_status_t st_arch_bind_deepseek2(st_bind_t *b)
 {
     st_hparams_t *hp = &b->m->hp;
@@ -206,7 +148,7 @@ st_status_t st_arch_bind_deepseek2(st_bind_t *b)
         if (i < hp->n_layer_dense_lead)
             s = st_bind_dense_ffn(b, (int)i, hp->n_ff, "ffn_norm");
         else
-            s = bind_moe(b, (int)i);
+            s = st_bind_moe_layer(b, (int)i);
         if (s != ST_OK)
             return s;
     }

@@ -1,8 +1,9 @@
 /*
  * arch_llama.c - bindings of the Llama family: llama, qwen2 (Q/K/V biases,
- * NEOX rope), qwen3 (per-head RMSNorm of Q and K, NEOX rope). All three run
- * the same layer forward (worker/layer_llama.c); the optional tensors say
- * which steps apply.
+ * NEOX rope), qwen3 (per-head RMSNorm of Q and K, NEOX rope) and qwen3moe
+ * (qwen3 attention, every FFN a mixture of experts). All run the same
+ * layer forward (worker/layer_llama.c); the optional tensors say which
+ * steps apply.
  */
 #include <stdio.h>
 
@@ -76,4 +77,33 @@ st_status_t st_arch_bind_qwen2(st_bind_t *b)
 st_status_t st_arch_bind_qwen3(st_bind_t *b)
 {
     return bind_family(b, ST_ROPE_NEOX, ST_ATTN_QK_NORM);
+}
+
+/* Qwen3-MoE (Qwen3-30B-A3B, 235B-A22B): softmax routing over expert_count
+ * experts, no shared expert, no dense layers (llama.cpp's qwen3moe graph
+ * routes every layer). llama.cpp normalizes the chosen weights for this
+ * architecture whatever the file says; strata reads expert_weights_norm
+ * when present and defaults to normalizing, as HF's norm_topk_prob = true
+ * of the released models does. */
+st_status_t st_arch_bind_qwen3moe(st_bind_t *b)
+{
+    st_hparams_t *hp = &b->m->hp;
+    uint32_t zero = 0;
+    st_status_t s;
+
+    hp->rope_mode = ST_ROPE_NEOX;
+    if ((s = st_bind_gqa_shape(b)) != ST_OK ||
+        (s = st_bind_u32(b, "feed_forward_length", &zero, 0, 1u << 22, &hp->n_ff)) != ST_OK ||
+        (s = st_bind_pos_f32(b, "attention.scale", hp->attn_scale, &hp->attn_scale)) != ST_OK ||
+        (s = st_bind_u32(b, "expert_count", NULL, 1, 1u << 14, &hp->n_expert)) != ST_OK ||
+        (s = st_bind_refuse_u32(b, "expert_shared_count", 0, "qwen3moe has no shared "
+                                "experts")) != ST_OK ||
+        (s = st_bind_moe_keys(b, 1)) != ST_OK)
+        return s;
+    hp->n_layer_dense_lead = 0;
+    for (uint32_t i = 0; i < hp->n_layer; i++)
+        if ((s = st_arch_bind_gqa_attn(b, (int)i, ST_ATTN_QK_NORM)) != ST_OK ||
+            (s = st_bind_moe_layer(b, (int)i)) != ST_OK)
+            return s;
+    return ST_OK;
 }

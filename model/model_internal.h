@@ -104,4 +104,12 @@ enum {
 };
 st_status_t st_arch_bind_gqa_attn(st_bind_t *b, int layer, unsigned what);
 
+/* Mixture of experts (bind_moe.c): the keys from expert_used_count on (the
+ * caller has read expert_count > 0), default_norm being the family's
+ * expert_weights_norm when the key is absent; and one layer's router,
+ * stacked experts (with per-expert views), optional selection bias and
+ * shared experts. */
+st_status_t st_bind_moe_keys(st_bind_t *b, int default_norm);
+st_status_t st_bind_moe_layer(st_bind_t *b, int layer);
+
 #endif /* ST_MODEL_INTERNAL_H */

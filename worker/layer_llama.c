@@ -1,42 +1,60 @@
 /*
  * layer_llama.c - the layer forward of the Llama family (llama, qwen2,
- * qwen3): pre-norm grouped-query attention and a SwiGLU FFN, each added to
- * the residual stream. Q/K/V biases (qwen2) and per-head Q/K norms (qwen3)
+ * qwen3, qwen3moe): pre-norm grouped-query attention and a SwiGLU FFN (or,
+ * in a MoE layer, routed SwiGLU experts: layer_moe.c), each added to the
+ * residual stream. Q/K/V biases (qwen2) and per-head Q/K norms (qwen3)
  * apply when the layer has them (st_lo_gqa_attention).
  */
 #include <stdlib.h>
 
 #include "stage_internal.h"
 
+typedef struct llama_fam {
+    st_gqa_bufs_t g;
+    st_moe_t     *moe;   /* when the stage has MoE layers */
+} llama_fam_t;
+
+static void llama_fini(st_stage_t *s);
+
 static st_status_t llama_init(st_stage_t *s, st_error_t *err)
 {
     const st_hparams_t *hp = s->hp;
     unsigned need = hp->rope_mode == ST_ROPE_NEOX || hp->yarn_ext_factor != 0.0f
                         ? ST_NEED_ROPE_EX : 0;
-    st_gqa_bufs_t *g;
+    llama_fam_t *f;
+    int moe = 0;
     st_status_t st;
 
-    for (uint32_t l = s->p.first_layer; l < s->p.last_layer; l++)
+    for (uint32_t l = s->p.first_layer; l < s->p.last_layer; l++) {
         if (st_model_layer(s->p.model, l)->bq)
             need |= ST_NEED_ADD_ROW;
+        moe |= st_model_layer(s->p.model, l)->is_moe;
+    }
     if ((st = st_stage_need_ops(s, need, err)) != ST_OK)
         return st;
-    g = calloc(1, sizeof *g);
-    if (!g)
+    f = calloc(1, sizeof *f);
+    if (!f)
         return st_error_set(err, ST_ERR_NOMEM, "stage: out of memory");
-    if ((st = st_lo_gqa_alloc(s, g, err)) != ST_OK) {
-        free(g);
+    if ((st = st_lo_gqa_alloc(s, &f->g, err)) != ST_OK) {
+        free(f);
         return st;
     }
-    s->fam = g;
+    s->fam = f;
+    if (moe && (st = st_lo_moe_create(s, &f->moe, err)) != ST_OK) {
+        llama_fini(s);
+        return st;
+    }
     return ST_OK;
 }
 
 static void llama_fini(st_stage_t *s)
 {
-    if (s->fam)
-        st_lo_gqa_free(s, s->fam);
-    free(s->fam);
+    llama_fam_t *f = s->fam;
+    if (f) {
+        st_lo_moe_destroy(s, f->moe);
+        st_lo_gqa_free(s, &f->g);
+    }
+    free(f);
     s->fam = NULL;
 }
 
@@ -46,7 +64,8 @@ static void llama_forward(st_stage_t *s, uint32_t l, const st_stage_batch_t *b)
     void *c = s->be.ctx;
     const st_hparams_t *hp = s->hp;
     const st_layer_t *L = st_model_layer(s->p.model, l);
-    st_gqa_bufs_t *g = s->fam;
+    llama_fam_t *f = s->fam;
+    st_gqa_bufs_t *g = &f->g;
     const int n = (int)b->n, d = (int)hp->n_embd;
 
     o->rmsnorm(c, s->x, L->attn_norm, hp->rms_eps, n, d, s->xb);
@@ -54,7 +73,11 @@ static void llama_forward(st_stage_t *s, uint32_t l, const st_stage_batch_t *b)
     o->add(c, s->x, s->xb2, (size_t)n * d);
 
     o->rmsnorm(c, s->x, L->ffn_norm, hp->rms_eps, n, d, s->xb);
-    st_lo_glu_ffn(s, L->w_gate, L->w_up, L->w_down, s->xb, n, ST_ACT_SILU, g->h1, g->h2, s->xb2);
+    if (L->is_moe)
+        st_lo_moe_forward(s, f->moe, L, s->xb, n, s->xb2);
+    else
+        st_lo_glu_ffn(s, L->w_gate, L->w_up, L->w_down, s->xb, n, ST_ACT_SILU, g->h1, g->h2,
+                      s->xb2);
     o->add(c, s->x, s->xb2, (size_t)n * d);
 }
 

@@ -82,8 +82,10 @@ st_status_t st_lo_gqa_alloc(st_stage_t *s, st_gqa_bufs_t *g, st_error_t *err)
     g->att = st_stage_alloc(s, B * q, &st);
     g->k = st_stage_alloc(s, B * kv, &st);
     g->v = st_stage_alloc(s, B * kv, &st);
-    g->h1 = st_stage_alloc(s, B * hp->n_ff, &st);
-    g->h2 = st_stage_alloc(s, B * hp->n_ff, &st);
+    if (hp->n_expert == 0 || hp->n_layer_dense_lead > 0) {   /* a dense FFN runs */
+        g->h1 = st_stage_alloc(s, B * hp->n_ff, &st);
+        g->h2 = st_stage_alloc(s, B * hp->n_ff, &st);
+    }
     if (st != ST_OK) {
         st_lo_gqa_free(s, g);
         return st_error_set(err, st, "stage: cannot allocate activations for batch %u",

@@ -260,7 +260,7 @@ ST_TEST(bad_models)
 
     o = defaults(); o.arch = "mamba";
     EXPECT_FAIL(&o, ST_ERR_UNSUPPORTED, "architecture 'mamba' is not supported (supported: llama, "
-                "qwen2, qwen3, gemma3, deepseek2)");
+                "qwen2, qwen3, qwen3moe, gemma3, deepseek2)");
     o = defaults(); o.skip_key = "general.architecture";
     EXPECT_FAIL(&o, ST_ERR_FORMAT, "key 'general.architecture': missing");
     o = defaults(); o.skip_key = "llama.embedding_length";

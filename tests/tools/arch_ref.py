@@ -12,7 +12,7 @@ stale), `load_ref(case) -> dict of arrays`, `CASES`, `SEQ`, `PROMPT`.
 
 Per case, under $STRATA_CACHE/arch-ref (default ~/.cache/strata/arch-ref):
   <case>.gguf          F32 weights
-  <case>.q8_0.gguf     Q8_0 copy          (llama, qwen2, deepseek3 only)
+  <case>.q8_0.gguf     Q8_0 copy          (llama, qwen2, deepseek3, qwen3moe only)
   <case>.q4_0.gguf     Q4_0 copy          (same cases)
   <case>.ref.npz       seq [24], logits [24, vocab] (float64) for seq;
                        prompt [8], greedy [32] (HF argmax continuation),
@@ -34,7 +34,8 @@ is computed in float64 from exactly those float32 weights (eager attention),
 so the reference itself carries no float32 rounding. Seeds are searched from
 `Case.seed` until every greedy step has a top-1 margin of at least 1e-3 of
 max |logit| and (MoE cases) every routing decision of every token of `SEQ`
-and prompt+greedy is at least 1e-3 away from a tie, so a correct engine in
+and prompt+greedy is at least 1e-3 away from a tie (V3: in sigmoid score + bias
+units; softmax routing: in logits, which rank the experts), so a correct engine in
 float32 cannot pick a different token or expert.
 
 Conventions, with their sources. "conv-new" is ggml-org/llama.cpp's
@@ -152,6 +153,14 @@ the newer one is followed.
     None (attn_q), softmax scoring, topk_method greedy, n_group = topk_group
     = 1 (written, as the real config has them), norm_topk_prob false, scale
     1.0, 2 shared experts, default rope.
+* qwen3moe (Qwen2MoeModel's set_gguf_parameters): qwen3's attention (Q/K
+  norms, NEOX rope, key_length = head_dim) and in every layer (decoder
+  sparse step 1, no mlp_only_layers) mlp.gate -> ffn_gate_inp and the fused
+  experts split into ffn_{gate,up,down}_exps as for deepseek2; expert_count,
+  expert_used_count, expert_feed_forward_length; no shared expert, no
+  expert_weights_norm key: llama.cpp's qwen3moe graph always normalizes the
+  chosen weights, as HF does with norm_topk_prob (true here and in the
+  released models). Softmax routing.
 * Tokenizer: the synthetic byte-level BPE of tests/tools/gen_model.py (gpt2
   model, "default" pre-tokenizer, ChatML specials at the end, no BOS added),
   so `strata generate` and the cluster work on text prompts; the logits
@@ -189,6 +198,7 @@ PROMPT = [84, 104, 101, 32, 99, 97, 112, 105]       # "The capi" as bytes
 N_GREEDY = 32
 MARGIN = 1e-3
 QTYPES = {"q8_0": QT.Q8_0, "q4_0": QT.Q4_0}
+MOE_ARCHS = ("deepseek2", "qwen3moe")   # HF's fused experts split on the way to GGUF
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,6 +260,13 @@ CASES: dict[str, Case] = {c.name: c for c in [
         norm_topk_prob=False, routed_scaling_factor=1.0, max_position_embeddings=256,
         rms_norm_eps=1e-6, tie_word_embeddings=False, rope_parameters=dict(_ROPE)),
         extra_hparams={"scoring_func": "softmax"}, seed=61),
+    Case("qwen3moe", "qwen3moe", "Qwen3MoeForCausalLM", dict(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
+        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+        num_experts=8, num_experts_per_tok=2, norm_topk_prob=True, decoder_sparse_step=1,
+        mlp_only_layers=[], max_position_embeddings=256, rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        tie_word_embeddings=False), quantized=True, seed=71),
 ]}
 
 
@@ -363,7 +380,7 @@ def to_gguf(case: Case, h: dict, sd: dict[str, np.ndarray]) -> dict[str, np.ndar
                 x = _permute(x, h["num_key_value_heads"])
         if case.arch == "gemma3" and k.endswith("norm.weight"):
             x = x + 1.0
-        if case.arch == "deepseek2":
+        if case.arch in MOE_ARCHS:
             if k.endswith("e_score_correction_bias"):
                 k = k.replace("e_score_correction_bias", "e_score_correction.bias")
             elif k.endswith("kv_b_proj.weight"):
@@ -403,11 +420,11 @@ def from_gguf(case: Case, h: dict, t: dict[str, np.ndarray], like: dict[str, np.
             v_b = g(k.replace("kv_b_proj", "v_b_proj"))
             sd[k] = np.concatenate([k_b, v_b], axis=1).reshape(like[k].shape)
             continue
-        if case.arch == "deepseek2" and k.endswith("mlp.experts.gate_up_proj"):
+        if case.arch in MOE_ARCHS and k.endswith("mlp.experts.gate_up_proj"):
             base = k.replace("gate_up_proj", "")
             sd[k] = np.concatenate([g(base + "gate_proj.weight"), g(base + "up_proj.weight")], 1)
             continue
-        if case.arch == "deepseek2" and k.endswith("mlp.experts.down_proj"):
+        if case.arch in MOE_ARCHS and k.endswith("mlp.experts.down_proj"):
             sd[k] = g(k + ".weight")
             continue
         name = k.replace("e_score_correction_bias", "e_score_correction.bias")
@@ -527,6 +544,11 @@ def write_gguf(path: Path, case: Case, h: dict, tensors: dict[str, tuple[np.ndar
         w.add_rope_dimension_count(hh["qk_rope_head_dim"])
         if rp.get("mscale_all_dim") is not None:
             w.add_rope_scaling_yarn_log_mul(0.1 * rp["mscale_all_dim"])
+    elif case.arch == "qwen3moe":
+        # Qwen2MoeModel.set_gguf_parameters (Qwen3MoeModel adds nothing):
+        # expert_count came from num_local_experts above; no expert_weights_norm
+        # key (llama.cpp's qwen3moe graph always normalizes)
+        w.add_expert_feed_forward_length(hh["moe_intermediate_size"])
     if key_len is not None:
         w.add_key_length(key_len)
         w.add_value_length(key_len)
@@ -573,7 +595,7 @@ class RouterWatch:
         self.handles = []
         cfg = model.config
         for mod_name, mod in model.named_modules():
-            if type(mod).__name__.endswith("TopkRouter"):
+            if type(mod).__name__.lower().endswith("topkrouter"):
                 self.handles.append(mod.register_forward_hook(self._hook(cfg, torch)))
 
     def _hook(self, cfg, torch):
@@ -592,8 +614,9 @@ class RouterWatch:
                 mask = torch.zeros_like(gs).scatter_(1, gidx, 1).bool()
                 mask = mask.unsqueeze(-1).expand(-1, ng, s.shape[-1] // ng).reshape(s.shape)
                 s = s.masked_fill(~mask, float("-inf"))
-            else:
-                s = s.softmax(-1)
+            # softmax routing ranks experts by logit: the margin is taken
+            # on the logits (a probability gap is smaller by p, and a flip
+            # needs the logits themselves to move)
             ss = s.sort(dim=-1, descending=True)[0]
             self.min = min(self.min, float((ss[:, k - 1] - ss[:, k]).min()))
         return hook
@@ -871,7 +894,7 @@ def numpy_forward(path: str | Path, ids: list[int]) -> np.ndarray:
                 choice = np.where(np.repeat(gmask, E // ng, 1), choice, -np.inf)
             sel = np.argsort(-choice, -1)[:, :k_used]
             wsel = np.take_along_axis(s, sel, 1)
-            if K("expert_weights_norm", False):
+            if K("expert_weights_norm", a == "qwen3moe"):
                 wsel = wsel / wsel.sum(-1, keepdims=True)
             wsel = wsel * K("expert_weights_scale", 1.0)
             y = np.zeros_like(x)
