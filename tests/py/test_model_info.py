@@ -62,7 +62,8 @@ def test_generated_every_dtype(tmp_path, dtype):
         assert types[dtype]["count"] == n_mat
         assert types["f32"]["count"] == 2 + 2 * 3
     per_row = {"f32": 1024, "f16": 512, "bf16": 512, "q8_0": 272, "q4_0": 144, "q4_1": 160,
-               "q5_0": 176, "q5_1": 192, "q6_k": 210}[dtype]
+               "q5_0": 176, "q5_1": 192, "q6_k": 210, "q2_k": 84, "q3_k": 110, "q4_k": 144,
+               "q5_k": 176}[dtype]
     # rows of ne[0] = 256: q 256 + k 64 + v 64 + o 256 + gate 512 + up 512 per layer;
     # ffn_down rows have ne[0] = 512 (two rows' worth)
     rows = 3 * (256 + 64 + 64 + 256 + 512 + 512 + 2 * 256)

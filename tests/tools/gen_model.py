@@ -29,11 +29,17 @@ from gguf import GGUFValueType as VT
 DTYPES = {
     "f32": QT.F32, "f16": QT.F16, "bf16": QT.BF16, "q8_0": QT.Q8_0,
     "q4_0": QT.Q4_0, "q4_1": QT.Q4_1, "q5_0": QT.Q5_0, "q5_1": QT.Q5_1, "q6_k": QT.Q6_K,
+    "q2_k": QT.Q2_K, "q3_k": QT.Q3_K, "q4_k": QT.Q4_K, "q5_k": QT.Q5_K,
 }
-# gguf-py quantizes Q5_0/Q5_1 but not Q2_K..Q5_K (NotImplementedError), so
-# those are not offered here; the kernel tests build such blocks themselves.
+# gguf-py quantizes Q5_0/Q5_1 but not Q2_K..Q5_K (NotImplementedError): for
+# those, random_kquant writes random blocks of about the matrix's scale
+# (the float values asked for are not kept; gguf-py dequantizes them fine).
 BLOCK = {"f32": 1, "f16": 1, "bf16": 1, "q8_0": 32, "q4_0": 32, "q4_1": 32, "q5_0": 32,
-         "q5_1": 32, "q6_k": 256}
+         "q5_1": 32, "q6_k": 256, "q2_k": 256, "q3_k": 256, "q4_k": 256, "q5_k": 256}
+# bytes per block, offsets of the f16 super-block scale and min (-1: none),
+# and the largest |value| the block's integers reach in units of that scale
+KQUANT = {"q2_k": (84, 80, 82, 45.0), "q3_k": (110, 108, -1, 128.0),
+          "q4_k": (144, 0, 2, 945.0), "q5_k": (176, 0, 2, 1953.0)}
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
@@ -78,6 +84,23 @@ def quantize_q6_k(x: np.ndarray) -> np.ndarray:
     return blocks.reshape(rows, cols // 256 * 210)
 
 
+def random_kquant(x: np.ndarray, dtype: str) -> np.ndarray:
+    """Random Q2_K..Q5_K blocks for a [rows, cols] matrix: random quants and
+    sub-block scales, the super-block scale (and min) chosen so that values
+    stay within a few times x's standard deviation. Seeded from x, so the
+    same x gives the same blocks."""
+    bb, d_off, m_off, span = KQUANT[dtype]
+    rows, cols = x.shape
+    nb = rows * (cols // 256)
+    rng = np.random.default_rng(int(np.abs(x).sum() * 1e6) % (2 ** 32))
+    blk = rng.integers(0, 256, size=(nb, bb), dtype=np.uint8)
+    d = np.full(nb, 3.0 * float(x.std() or 1.0) / span, dtype=np.float16)
+    blk[:, d_off:d_off + 2] = d.view(np.uint8).reshape(nb, 2)
+    if m_off >= 0:
+        blk[:, m_off:m_off + 2] = d.view(np.uint8).reshape(nb, 2)
+    return blk.reshape(rows, cols // 256 * bb)
+
+
 def encode(x: np.ndarray, dtype: str) -> tuple[np.ndarray, QT]:
     """Returns (array for GGUFWriter.add_tensor, raw dtype) for a [rows, cols] float matrix."""
     qt = DTYPES[dtype]
@@ -88,6 +111,8 @@ def encode(x: np.ndarray, dtype: str) -> tuple[np.ndarray, QT]:
         return x.astype(np.float16), qt
     if dtype == "q6_k":
         return quantize_q6_k(x), qt
+    if dtype in KQUANT:
+        return random_kquant(x, dtype), qt
     return gguf.quants.quantize(x, qt), qt
 
 
