@@ -166,13 +166,7 @@ static void ds_forward(st_stage_t *s, uint32_t l, const st_stage_batch_t *b)
     mla(s, L, l - s->p.first_layer, b, d, s->xb, s->xb2);
     o->add(c, s->x, s->xb2, (size_t)n * dim);
 
-    o->rmsnorm(c, s->x, L->ffn_norm, hp->rms_eps, n, dim, s->xb);
-    if (L->is_moe)
-        st_lo_moe_forward(s, d->moe, L, s->xb, n, s->xb2);
-    else
-        st_lo_glu_ffn(s, L->w_gate, L->w_up, L->w_down, s->xb, n, ST_ACT_SILU, d->h1, d->h2,
-                      s->xb2);
-    o->add(c, s->x, s->xb2, (size_t)n * dim);
+    st_lo_ffn_residual(s, L, d->moe, d->h1, d->h2, n);
 }
 
 const st_layer_impl_t st_layer_deepseek2 = {"deepseek2", ds_init, ds_fini, ds_forward};

@@ -72,13 +72,7 @@ static void llama_forward(st_stage_t *s, uint32_t l, const st_stage_batch_t *b)
     st_lo_gqa_attention(s, L, l - s->p.first_layer, b, g, s->xb, s->xb2);
     o->add(c, s->x, s->xb2, (size_t)n * d);
 
-    o->rmsnorm(c, s->x, L->ffn_norm, hp->rms_eps, n, d, s->xb);
-    if (L->is_moe)
-        st_lo_moe_forward(s, f->moe, L, s->xb, n, s->xb2);
-    else
-        st_lo_glu_ffn(s, L->w_gate, L->w_up, L->w_down, s->xb, n, ST_ACT_SILU, g->h1, g->h2,
-                      s->xb2);
-    o->add(c, s->x, s->xb2, (size_t)n * d);
+    st_lo_ffn_residual(s, L, f->moe, g->h1, g->h2, n);
 }
 
 const st_layer_impl_t st_layer_llama = {"llama", llama_init, llama_fini, llama_forward};

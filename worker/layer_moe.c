@@ -230,3 +230,17 @@ void st_lo_moe_forward(st_stage_t *s, st_moe_t *m, const st_layer_t *L, const fl
         o->add(c, out, m->ys, (size_t)n * d);
     }
 }
+
+void st_lo_ffn_residual(st_stage_t *s, const st_layer_t *L, st_moe_t *moe, float *h1, float *h2,
+                        int n)
+{
+    const st_backend_ops_t *o = s->be.ops;
+    const int d = (int)s->hp->n_embd;
+
+    o->rmsnorm(s->be.ctx, s->x, L->ffn_norm, s->hp->rms_eps, n, d, s->xb);
+    if (L->is_moe)
+        st_lo_moe_forward(s, moe, L, s->xb, n, s->xb2);
+    else
+        st_lo_glu_ffn(s, L->w_gate, L->w_up, L->w_down, s->xb, n, ST_ACT_SILU, h1, h2, s->xb2);
+    o->add(s->be.ctx, s->x, s->xb2, (size_t)n * d);
+}

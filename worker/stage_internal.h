@@ -97,4 +97,10 @@ void        st_lo_moe_destroy(st_stage_t *s, st_moe_t *m);
 void        st_lo_moe_forward(st_stage_t *s, st_moe_t *m, const st_layer_t *L, const float *xn,
                               int n, float *out);
 
+/* x += FFN(rmsnorm(x, ffn_norm)) through s->xb / s->xb2: the layer's routed
+ * experts (moe) when it has them, else its SwiGLU FFN with hidden buffers
+ * h1, h2 (the llama and deepseek2 families; Gemma's post-norm differs). */
+void        st_lo_ffn_residual(st_stage_t *s, const st_layer_t *L, st_moe_t *moe, float *h1,
+                               float *h2, int n);
+
 #endif /* ST_STAGE_INTERNAL_H */
