@@ -390,9 +390,9 @@ static void on_worker_msg(st_cluster_t *c, wrec_t *w, const st_ctrl_msg_t *m)
         w->load_ns = m->u.loaded.load_ns;
         set_wstate(w, W_LOADED);
         st_info(MOD, "worker %s loaded stage %d in %.2f s (%.1f MB weights, %.1f MB KV, "
-                "RSS %.1f MB), data plane at %s", w->name, w->stage,
+                "RSS %.1f MB)", w->name, w->stage,
                 (double)m->u.loaded.load_ns / 1e9, (double)m->u.loaded.weight_bytes / 1e6,
-                (double)m->u.loaded.kv_bytes / 1e6, (double)w->rss / 1e6, w->data_addr);
+                (double)m->u.loaded.kv_bytes / 1e6, (double)w->rss / 1e6);
         return;
     case ST_CTRL_READY:
         if (w->state != W_CONNECTING || m->epoch != c->epoch)
@@ -571,8 +571,8 @@ static void advance_plan(st_cluster_t *c)
                                               NULL, &err, &c->ep_first);
         cl_tunlock(c);
         if (st != ST_OK) {
-            plan_failed(c, st, "cannot connect to stage 0 at %s: %s",
-                        c->workers[c->stages[0].worker].data_addr, err.msg);
+            plan_failed(c, st, "cannot connect to stage 0 (worker %s): %s",
+                        c->workers[c->stages[0].worker].name, err.msg);
             return;
         }
         for (uint32_t s = 0; s < c->n_stages; s++) {
@@ -869,8 +869,8 @@ st_status_t cl_start(const st_cluster_params_t *params, st_cluster_t **out, st_e
         goto err;
     }
     c->thread_started = 1;
-    st_info(MOD, "coordinator listening on %s (data plane %s) for %u worker(s)",
-            c->listen_addr, c->data_addr, params->n_workers);
+    st_info(MOD, "coordinator listening on %s for %u worker(s) (data plane by UCX worker "
+            "address, no listener)", c->listen_addr, params->n_workers);
     *out = c;
     return ST_OK;
 err:

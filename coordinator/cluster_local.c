@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <fcntl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "cluster_internal.h"
@@ -49,6 +50,17 @@ static st_status_t make_env(st_cluster_t *c, st_error_t *err)
     c->envp[k++] = c->env_secret;
     c->envp[k] = NULL;
     return ST_OK;
+}
+
+/* Async-signal-safe: close_range(2) where the kernel has it, else a loop. */
+static void close_fds_from(int first)
+{
+#ifdef SYS_close_range
+    if (syscall(SYS_close_range, (unsigned)first, ~0u, 0u) == 0)
+        return;
+#endif
+    for (int fd = first; fd < 65536; fd++)
+        close(fd);
 }
 
 st_status_t cl_spawn(st_cluster_t *c, uint32_t index, st_error_t *err)
@@ -98,6 +110,10 @@ st_status_t cl_spawn(st_cluster_t *c, uint32_t index, st_error_t *err)
                 close(fd);
             }
         }
+        /* Nothing of ours crosses exec: UCX's sockets (its TCP transport's
+         * listeners) and the front door's are not close-on-exec, and a
+         * worker holding them would answer on the coordinator's ports. */
+        close_fds_from(3);
         execve(c->bin, (char *const *)argv, c->envp);
         _exit(127);
     }

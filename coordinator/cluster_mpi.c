@@ -43,7 +43,7 @@ st_status_t st_cluster_mpi_init(int *rank, int *size, st_error_t *err)
 
 st_status_t st_cluster_mpi_bcast(char *addr, size_t len, st_error_t *err)
 {
-    if (len > 4096)
+    if (len > 65536)
         return st_error_set(err, ST_ERR_RANGE, "MPI bootstrap: address buffer too large");
     if (MPI_Bcast(addr, (int)len, MPI_CHAR, 0, MPI_COMM_WORLD) != MPI_SUCCESS)
         return st_error_set(err, ST_ERR_BACKEND, "MPI_Bcast of the coordinator address failed");

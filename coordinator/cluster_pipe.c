@@ -39,6 +39,7 @@ static size_t ids_frame_max(const st_cluster_t *c)
 st_status_t cl_data_init(st_cluster_t *c, st_error_t *err)
 {
     st_transport_config_t cfg;
+    char netdev[64];
     st_status_t st;
 
     c->frame_max = tokens_frame_max(c);
@@ -50,15 +51,21 @@ st_status_t cl_data_init(st_cluster_t *c, st_error_t *err)
     cfg.max_msg_size = ST_MAX((uint64_t)c->frame_max, cfg.max_msg_size);
     cfg.tls = c->p.transport_tls;
     cfg.name = "coordinator";
+    st_ctrl_data_key(c->p.secret, c->p.secret_len, cfg.access_key);
+    cfg.access_key_len = ST_CTRL_MAC;
+    /* No listener (docs/TRANSPORT.md, "Threat model"): the last stage
+     * connects from our UCX worker address, sent in its CONNECT over the
+     * authenticated control plane. data_listen only picks the interface of
+     * UCX's TCP transport. */
+    if (c->p.data_listen && !getenv("UCX_NET_DEVICES") &&
+        st_transport_netdev_for(c->p.data_listen, netdev, sizeof(netdev)) == ST_OK)
+        cfg.net_devices = netdev;
     st = st_transport_create(&cfg, err, &c->t);
     if (st != ST_OK)
         return st;
-    st = st_transport_listen(c->t, c->p.data_listen, err);
+    st = st_transport_worker_address(c->t, c->data_addr, sizeof(c->data_addr));
     if (st != ST_OK)
-        return st;
-    st = st_transport_address(c->t, c->data_addr, sizeof(c->data_addr));
-    if (st != ST_OK)
-        return st_error_set(err, st, "cluster: transport has no listening address");
+        return st_error_set(err, st, "cluster: cannot get the data-plane worker address");
     for (int i = 0; i < ST_CTRL_MAX_STAGES; i++) {
         mbrec_t *r = &c->recs[i];
         st = st_transport_mem_alloc(c->t, c->frame_max, ST_TRANSPORT_MEM_HOST, &r->mem);

@@ -73,8 +73,9 @@ typedef struct st_cluster_params {
     const char *worker_model_path; /* path sent to workers; NULL: model_path */
     const char *listen;            /* control plane "host:port" (port 0 = any); NULL:
                                       0.0.0.0:7700, or 127.0.0.1:0 for a local cluster */
-    const char *data_listen;       /* coordinator's transport listener; NULL: 0.0.0.0:0,
-                                      or 127.0.0.1:0 for a local cluster */
+    const char *data_listen;       /* opens no listener (the data plane connects by UCX
+                                      worker address); a specific host picks UCX's TCP
+                                      interface (127.0.0.1: lo, for a local cluster) */
     uint8_t     secret[ST_CTRL_SECRET_MAX];
     size_t      secret_len;        /* >= ST_CTRL_SECRET_MIN */
     uint32_t    n_workers;         /* wait for this many before the first plan */

@@ -55,6 +55,9 @@ static st_status_t config_check(const st_transport_config_t *c, st_error_t *err)
     if (c->max_eps == 0 || c->max_eps > 4096 || c->max_sends == 0 || c->max_sends > 65536)
         return st_error_set(err, ST_ERR_INVALID, "transport config: max_eps %u max_sends %u",
                             c->max_eps, c->max_sends);
+    if (c->access_key_len > sizeof(c->access_key))
+        return st_error_set(err, ST_ERR_INVALID, "transport config: access_key_len %u (0..32)",
+                            c->access_key_len);
     if (c->ep_credits == 0 || c->ep_credits > 65536)
         return st_error_set(err, ST_ERR_INVALID, "transport config: ep_credits %u (1..65536)",
                             c->ep_credits);
@@ -297,6 +300,8 @@ void st_transport_destroy(st_transport_t *t)
         t->def_count--;
     }
     st_tp_pools_destroy(t);
+    if (t->self_addr)
+        ucp_worker_release_address(t->worker, t->self_addr);
     if (t->epfd >= 0)
         close(t->epfd);
     ucp_worker_destroy(t->worker);

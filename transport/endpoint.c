@@ -2,6 +2,20 @@
  * Endpoints: the listener, client connections, the HELLO handshake and the
  * life cycle HANDSHAKE -> READY -> (FAILED) -> CLOSING -> FREE.
  *
+ * Two ways to connect. Address mode (what the cluster uses): the connector
+ * creates its UCP endpoint from the acceptor's UCX worker address, handed
+ * over by the authenticated control plane, and opens with a hello carrying
+ * the data-plane access key, its connection id and its own worker address;
+ * the acceptor checks the key, creates its own endpoint back from that
+ * address (so its sends have an error handler; UCX may pair the two into one
+ * connection or not) and answers with the connector's id. Frames from a UCP
+ * endpoint we did not create arrive on UCX's own endpoint (rx_uep), which we
+ * only compare, never use: UCX may destroy it when the peer fails. No socket
+ * of ours listens. Sockaddr mode: ucp_listener / CLIENT_SERVER endpoints; the
+ * listener is UCX's connection manager, which a hostile peer can crash
+ * (UCX 1.13.1 asserts in uct_tcp_sockcm_ep_recv on 512 bytes of garbage),
+ * so it is for benchmarks and tests only.
+ *
  * Every UCP endpoint uses UCP_ERR_HANDLING_MODE_PEER, so a peer that dies
  * (kill -9, link down) fails its endpoint through ep_err_cb instead of
  * leaving sends hanging. Client-server endpoints keep their connection-
@@ -124,6 +138,37 @@ static void primary_ipv4(char *buf, size_t len)
     freeifaddrs(ifa);
 }
 
+st_status_t st_transport_netdev_for(const char *addr, char *ifname, size_t len)
+{
+    struct sockaddr_storage sa;
+    socklen_t salen;
+    struct ifaddrs *ifa = NULL;
+    st_status_t st = ST_ERR_NOT_FOUND;
+    char host[256];
+    uint16_t port;
+
+    if (split_addr(addr, host, sizeof(host), &port, NULL) != ST_OK || !host[0] ||
+        !strcmp(host, "*") || resolve(addr, 0, NULL, &sa, &salen) != ST_OK ||
+        sa.ss_family != AF_INET ||
+        ((struct sockaddr_in *)&sa)->sin_addr.s_addr == htonl(INADDR_ANY))
+        return ST_ERR_NOT_FOUND;
+    if (getifaddrs(&ifa) != 0)
+        return ST_ERR_IO;
+    for (struct ifaddrs *i = ifa; i; i = i->ifa_next) {
+        if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET ||
+            ((struct sockaddr_in *)i->ifa_addr)->sin_addr.s_addr !=
+            ((struct sockaddr_in *)&sa)->sin_addr.s_addr)
+            continue;
+        if (strlen(i->ifa_name) < len) {
+            memcpy(ifname, i->ifa_name, strlen(i->ifa_name) + 1);
+            st = ST_OK;
+        }
+        break;
+    }
+    freeifaddrs(ifa);
+    return st;
+}
+
 st_status_t st_transport_address(const st_transport_t *t, char *buf, size_t len)
 {
     ucp_listener_attr_t la;
@@ -174,6 +219,9 @@ static void ep_release_slot(st_transport_ep_t *ep)
 {
     st_transport_t *t = ep->t;
 
+    free(ep->peer_addr);
+    ep->peer_addr = NULL;
+    ep->rx_uep = NULL;
     if (t->last_ep == ep)
         t->last_ep = NULL;
     ep->state = EP_FREE;
@@ -185,12 +233,36 @@ st_transport_ep_t *st_tp_ep_lookup(st_transport_t *t, ucp_ep_h uep)
 {
     if (ST_LIKELY(t->last_ep && t->last_ep->uep == uep))
         return t->last_ep;
+    if (!uep)
+        return NULL;
     for (uint32_t i = 0; i < t->cfg.max_eps; i++)
-        if (t->eps[i].state != EP_FREE && t->eps[i].uep == uep && uep) {
+        if (t->eps[i].state != EP_FREE && t->eps[i].uep == uep) {
             t->last_ep = &t->eps[i];
             return t->last_ep;
         }
+    /* Address mode: UCX's own endpoint for frames of a peer whose endpoint
+     * UCX did not pair with ours. Only live connections: a failed one's
+     * rx_uep may have been destroyed and its address reused by UCX. */
+    for (uint32_t i = 0; i < t->cfg.max_eps; i++)
+        if (t->eps[i].rx_uep == uep &&
+            (t->eps[i].state == EP_HANDSHAKE || t->eps[i].state == EP_READY ||
+             (t->eps[i].state == EP_CLOSING && t->eps[i].uep)))
+            return &t->eps[i];
     return NULL;
+}
+
+static uint64_t ep_conn_id(const st_transport_ep_t *ep)
+{
+    return ((uint64_t)ep->gen << 32) | (uint64_t)(ep - ep->t->eps + 1);
+}
+
+static int key_ok(const st_transport_t *t, const st_wire_hello_t *h)
+{
+    uint8_t diff = 0;
+
+    for (uint32_t i = 0; i < ST_WIRE_KEY_SIZE; i++)
+        diff |= (uint8_t)(h->key[i] ^ (i < t->cfg.access_key_len ? t->cfg.access_key[i] : 0));
+    return diff == 0;
 }
 
 static st_status_t map_ucs(ucs_status_t s)
@@ -267,11 +339,22 @@ void st_tp_ep_on_hello(st_transport_ep_t *ep, const st_wire_hello_t *h)
     st_transport_t *t = ep->t;
     st_transport_event_t ev;
 
-    if (ep->state != EP_HANDSHAKE) {
+    if (ep->state != EP_HANDSHAKE || ep->hello_due) {
         st_tp_ep_fail(ep, ST_ERR_PROTOCOL, "second hello");
         t->stats.frames_rejected++;
         return;
     }
+    /* A connector takes the answer to its hello, or the peer's own opening
+     * hello: both sides connected to each other at once and UCX paired the
+     * two endpoints into one connection (it matches endpoints created by
+     * address), which is then one connection for both. */
+    if (ep->addr_mode && (h->reserved != ST_WIRE_HELLO_F_ADDR || !key_ok(t, h) ||
+                          (h->echo_id != ep_conn_id(ep) && !(h->echo_id == 0 && !ep->accepted)))) {
+        st_tp_ep_fail(ep, ST_ERR_AUTH, "the peer's hello does not answer ours with our key");
+        t->stats.frames_rejected++;
+        return;
+    }
+    ep->peer_conn = h->conn_id;
     ep->peer_max = ST_MIN(h->max_payload, t->cfg.max_msg_size);
     ep->peer_credits = ep->tx_credits = h->credits;
     ep->state = EP_READY;
@@ -302,10 +385,8 @@ static st_status_t send_internal(st_transport_ep_t *ep, uint8_t type, uint32_t s
     memset(&hdr, 0, sizeof(hdr));
     hdr.type = type;
     hdr.seq = seq;
-    hdr.payload_len = hello ? ST_WIRE_HELLO_SIZE : 0;
+    hdr.payload_len = hello ? st_wire_hello_encode(hello, r->inline_payload) : 0;
     st_wire_encode(&hdr, r->hdr);
-    if (hello)
-        st_wire_hello_encode(hello, r->inline_payload);
     r->ep = ep;
     r->detached = 1;
     memset(&p, 0, sizeof(p));
@@ -323,7 +404,22 @@ static st_status_t send_internal(st_transport_ep_t *ep, uint8_t type, uint32_t s
 
 st_status_t st_tp_send_hello(st_transport_ep_t *ep)
 {
-    const st_wire_hello_t hello = {ep->t->cfg.max_msg_size, ep->t->cfg.ep_credits, 0};
+    st_transport_t *t = ep->t;
+    st_wire_hello_t hello;
+
+    memset(&hello, 0, sizeof(hello));
+    hello.max_payload = t->cfg.max_msg_size;
+    hello.credits     = t->cfg.ep_credits;
+    if (ep->addr_mode) {
+        hello.reserved = ST_WIRE_HELLO_F_ADDR;
+        memcpy(hello.key, t->cfg.access_key, t->cfg.access_key_len);
+        hello.conn_id = ep_conn_id(ep);
+        hello.echo_id = ep->accepted ? ep->peer_conn : 0;
+        if (!ep->accepted) {
+            hello.addr_len = (uint32_t)t->self_addr_len;
+            hello.addr     = (const uint8_t *)t->self_addr;
+        }
+    }
     return send_internal(ep, ST_WIRE_HELLO, 0, &hello);
 }
 
@@ -424,6 +520,218 @@ static void conn_handler(ucp_conn_request_h creq, void *arg)
         st_tp_ep_fail(ep, ST_ERR_BUSY, "cannot send hello");
 }
 
+static st_status_t self_address(st_transport_t *t)
+{
+    ucs_status_t s;
+
+    if (t->self_addr)
+        return ST_OK;
+    s = ucp_worker_get_address(t->worker, &t->self_addr, &t->self_addr_len);
+    if (s != UCS_OK) {
+        t->self_addr = NULL;
+        return ST_ERR_BACKEND;
+    }
+    if (t->self_addr_len > ST_WIRE_ADDR_MAX) {
+        st_error(ST_TRANSPORT_MOD, "%s: UCX worker address of %zu bytes, over the %u a hello "
+                 "carries", t->name, t->self_addr_len, ST_WIRE_ADDR_MAX);
+        ucp_worker_release_address(t->worker, t->self_addr);
+        t->self_addr = NULL;
+        return ST_ERR_RANGE;
+    }
+    return ST_OK;
+}
+
+st_status_t st_transport_worker_address(st_transport_t *t, char *buf, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    const uint8_t *a;
+    st_status_t st;
+
+    if ((st = self_address(t)) != ST_OK)
+        return st;
+    if (len < 4 + 2 * t->self_addr_len + 1)
+        return ST_ERR_RANGE;
+    a = (const uint8_t *)t->self_addr;
+    memcpy(buf, "ucx:", 4);
+    for (size_t i = 0; i < t->self_addr_len; i++) {
+        buf[4 + 2 * i]     = hex[a[i] >> 4];
+        buf[4 + 2 * i + 1] = hex[a[i] & 15];
+    }
+    buf[4 + 2 * t->self_addr_len] = '\0';
+    t->accepting = 1;
+    return ST_OK;
+}
+
+/* An address-mode hello on a UCP endpoint we do not know (inside the AM
+ * handler): a peer opening a connection to our worker address, or the answer
+ * to one we opened arriving on UCX's endpoint. Anything else is dropped:
+ * the peer may not be one of ours, and that endpoint is not ours to close.
+ * Returns 1 when taken. */
+int st_tp_on_unknown_hello(st_transport_t *t, ucp_ep_h reply_ep, const st_wire_hello_t *h)
+{
+    st_transport_ep_t *ep;
+
+    if (h->reserved != ST_WIRE_HELLO_F_ADDR || !key_ok(t, h)) {
+        t->stats.frames_rejected++;
+        st_debug(ST_TRANSPORT_MOD, "%s: hello without our key from an unknown endpoint dropped",
+                 t->name);
+        return 0;
+    }
+    if (h->echo_id) {
+        uint32_t idx = (uint32_t)h->echo_id - 1;
+        if (idx >= t->cfg.max_eps)
+            return 0;
+        ep = &t->eps[idx];
+        if (ep->state != EP_HANDSHAKE || !ep->addr_mode || ep->accepted || ep->rx_uep ||
+            ep_conn_id(ep) != h->echo_id)
+            return 0;
+        ep->rx_uep = reply_ep;
+        st_tp_ep_on_hello(ep, h);
+        return 1;
+    }
+    if (!t->accepting)
+        return 0;
+    ep = ep_alloc(t);
+    if (!ep) {
+        st_warn(ST_TRANSPORT_MOD, "%s: refusing a peer: all %u endpoints in use", t->name,
+                t->cfg.max_eps);
+        return 0;
+    }
+    ep->peer_addr = malloc(h->addr_len);
+    if (!ep->peer_addr) {
+        ep_release_slot(ep);
+        return 0;
+    }
+    memcpy(ep->peer_addr, h->addr, h->addr_len);
+    ep->peer_addr_len = h->addr_len;
+    ep->addr_mode = 1;
+    ep->accepted = 1;
+    ep->rx_uep = reply_ep;
+    ep->peer_conn = h->conn_id;
+    ep->peer_max = ST_MIN(h->max_payload, t->cfg.max_msg_size);
+    ep->peer_credits = ep->tx_credits = h->credits;
+    ep->hello_due = 1;
+    snprintf(ep->peer, sizeof(ep->peer), "ucx-peer-%llx", (unsigned long long)h->conn_id);
+    t->pending_work = 1;
+    return 1;
+}
+
+static st_status_t ep_create_by_address(st_transport_ep_t *ep, const void *addr)
+{
+    ucp_ep_params_t p;
+    ucs_status_t s;
+
+    memset(&p, 0, sizeof(p));
+    p.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS;
+    p.address    = addr;
+    ep_params_common(&p, ep);
+    s = ucp_ep_create(ep->t->worker, &p, &ep->uep);
+    if (s != UCS_OK) {
+        ep->uep = NULL;
+        st_warn(ST_TRANSPORT_MOD, "%s: endpoint to %s: ucp_ep_create: %s", ep->t->name,
+                ep->peer, ucs_status_string(s));
+        return ST_ERR_PEER;
+    }
+    return ST_OK;
+}
+
+/* Accepted by address (outside UCX callbacks): our endpoint back, the answer,
+ * and then the endpoint is the user's. ST_ERR_BUSY: retry later. */
+static st_status_t ep_finish_accept(st_transport_ep_t *ep)
+{
+    st_transport_t *t = ep->t;
+    st_transport_event_t ev;
+    st_status_t st;
+
+    if (!ep->uep) {
+        st = ep_create_by_address(ep, ep->peer_addr);
+        free(ep->peer_addr);
+        ep->peer_addr = NULL;
+        if (st != ST_OK) {
+            ep->hello_due = 0;
+            ep->state = EP_CLOSING;   /* nobody holds it */
+            return st;
+        }
+    }
+    st = st_tp_send_hello(ep);
+    if (st == ST_ERR_BUSY)
+        return st;
+    ep->hello_due = 0;
+    if (st != ST_OK) {
+        ep->error = st;
+        ep->want_close = 1;
+        ep->state = EP_CLOSING;
+        return st;
+    }
+    ep->state = EP_READY;
+    ep->error = ST_OK;
+    ep->user_owned = 1;
+    st_debug(ST_TRANSPORT_MOD, "%s: accepted %s by worker address", t->name, ep->peer);
+    memset(&ev, 0, sizeof(ev));
+    ev.type    = ST_TRANSPORT_EV_EP_READY;
+    ev.ep      = ep;
+    ev.ep_user = ep->user;
+    st_tp_push_event(t, &ev);
+    return ST_OK;
+}
+
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+         : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+static st_status_t connect_by_address(st_transport_t *t, const char *addr, void *user,
+                                      st_error_t *err, st_transport_ep_t **out)
+{
+    const char *hex = addr + 4;
+    size_t n = strlen(hex);
+    uint8_t *bin;
+    st_transport_ep_t *ep;
+    st_status_t st;
+
+    if (n == 0 || n % 2 || n / 2 > ST_WIRE_ADDR_MAX)
+        return st_error_set(err, ST_ERR_INVALID, "%s: worker address of %zu hex digits", t->name, n);
+    bin = malloc(n / 2);
+    if (!bin)
+        return st_error_set(err, ST_ERR_NOMEM, "%s: out of memory", t->name);
+    for (size_t i = 0; i < n / 2; i++) {
+        int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+        if (hi < 0 || lo < 0) {
+            free(bin);
+            return st_error_set(err, ST_ERR_INVALID, "%s: worker address: not hex", t->name);
+        }
+        bin[i] = (uint8_t)(hi << 4 | lo);
+    }
+    if ((st = self_address(t)) != ST_OK) {
+        free(bin);
+        return st_error_set(err, st, "%s: cannot get our own worker address", t->name);
+    }
+    ep = ep_alloc(t);
+    if (!ep) {
+        free(bin);
+        return st_error_set(err, ST_ERR_BUSY, "%s: all %u endpoints in use", t->name,
+                            t->cfg.max_eps);
+    }
+    ep->user = user;
+    ep->user_owned = 1;
+    ep->addr_mode = 1;
+    snprintf(ep->peer, sizeof(ep->peer), "ucx-worker-%zuB", n / 2);
+    st = ep_create_by_address(ep, bin);
+    free(bin);
+    if (st != ST_OK) {
+        ep_release_slot(ep);
+        return st_error_set(err, st, "%s: connect to a worker address failed", t->name);
+    }
+    if ((st = st_tp_send_hello(ep)) != ST_OK) {
+        st_error_set(err, st, "%s: sending hello failed", t->name);
+        st_transport_ep_close(t, ep);
+        return st;
+    }
+    *out = ep;
+    return ST_OK;
+}
+
 st_status_t st_transport_listen(st_transport_t *t, const char *addr, st_error_t *err)
 {
     struct sockaddr_storage sa;
@@ -461,6 +769,8 @@ st_status_t st_transport_connect(st_transport_t *t, const char *addr, void *user
     ucs_status_t s;
     st_status_t st;
 
+    if (addr && !strncmp(addr, "ucx:", 4))
+        return connect_by_address(t, addr, user, err, out);
     if ((st = resolve(addr, 0, err, &sa, &salen)) != ST_OK)
         return st;
     ep = ep_alloc(t);
@@ -541,6 +851,8 @@ void st_tp_do_pending(st_transport_t *t)
         st_transport_ep_t *ep = &t->eps[i];
         if (ep->state == EP_FREE)
             continue;
+        if (ep->hello_due && ep->state == EP_HANDSHAKE && ep_finish_accept(ep) == ST_ERR_BUSY)
+            more = 1;
         if (ep->bye_ack_due && ep->uep) {
             if (send_internal(ep, ST_WIRE_BYE, 1, NULL) == ST_ERR_BUSY)
                 more = 1;

@@ -482,8 +482,16 @@ ucs_status_t st_tp_am_handler(void *arg, const void *header, size_t header_lengt
     st_error_t err;
     int rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
 
-    if (!(param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) ||
-        !(ep = st_tp_ep_lookup(t, param->reply_ep))) {
+    if (!(param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP))
+        return UCS_OK;
+    if (!(ep = st_tp_ep_lookup(t, param->reply_ep))) {
+        /* Only an address-mode hello with our key opens a connection. */
+        st_wire_hello_t hello;
+        if (!rndv && st_wire_decode(header, header_length, t->cfg.max_msg_size, &err, &h) == ST_OK &&
+            h.type == ST_WIRE_HELLO && h.payload_len == length &&
+            st_wire_hello_decode(data, length, &err, &hello) == ST_OK &&
+            st_tp_on_unknown_hello(t, param->reply_ep, &hello))
+            return UCS_OK;
         st_debug(ST_TRANSPORT_MOD, "%s: frame from an unknown endpoint dropped", t->name);
         return UCS_OK;
     }

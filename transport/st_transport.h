@@ -2,8 +2,11 @@
  * st_transport.h - the data plane between strata workers, on UCX (UCP).
  *
  * One st_transport_t per process (or per test instance) owns one UCP context
- * and one UCP worker. Workers connect to each other by socket address (UCX
- * picks rdma_cm on RDMA fabrics and TCP elsewhere) and exchange framed
+ * and one UCP worker. Peers connect either from a UCX worker address handed
+ * over out of band (st_transport_worker_address: no listening socket of
+ * ours; what the cluster uses, over its authenticated control plane) or by
+ * socket address (st_transport_listen: a ucp_listener, for benchmarks and
+ * tests; UCX picks rdma_cm on RDMA fabrics and TCP elsewhere) and exchange framed
  * messages: a fixed 32-byte header (st_transport_wire.h) naming a stage,
  * request id and sequence number, and a payload taken from a buffer that was
  * registered once with st_transport_mem_alloc()/_register(). Small payloads
@@ -104,6 +107,10 @@ typedef struct st_transport_config {
     uint32_t ep_credits;          /* messages a peer may send us unacknowledged per
                                      endpoint (flow control); the receive pools should
                                      hold ep_credits x endpoints streaming at once */
+    uint8_t  access_key[32];      /* address mode: endpoints whose hello does not carry
+                                     exactly these access_key_len bytes are refused */
+    uint32_t access_key_len;      /* 0..32; 0: no key (any peer that reaches the UCP
+                                     worker may connect) */
     int no_peer_errors;           /* 1: UCP_ERR_HANDLING_MODE_NONE. Diagnosis only
                                      (bench --no-peer-errors): saves ~0.14 us per
                                      shared-memory hop, but a dead peer is no longer
@@ -136,7 +143,21 @@ st_status_t st_transport_listen(st_transport_t *t, const char *addr, st_error_t 
  * address (127.0.0.1 when it has none). ST_ERR_NOT_FOUND without listener. */
 st_status_t st_transport_address(const st_transport_t *t, char *buf, size_t len);
 
-/* Starts a connection to "host:port" (host may be a name). Returns at once;
+/* Writes this transport's UCX worker address as "ucx:" + hex to buf and
+ * from then on accepts endpoints that peers create from it: a peer's opening
+ * hello must carry our access key (cfg.access_key), anything else from an
+ * unknown UCP endpoint is dropped. Nothing listens on a socket of ours; the
+ * only sockets are UCX's own transport interfaces (its TCP transport, when
+ * enabled, listens on each of its devices). ST_ERR_RANGE: buf too small. */
+st_status_t st_transport_worker_address(st_transport_t *t, char *buf, size_t len);
+
+/* The network interface holding the IPv4 address of "host:port" ("lo" for
+ * 127.0.0.1), for cfg.net_devices: so that UCX's own TCP transport listens
+ * on that interface only. ST_ERR_NOT_FOUND for a wildcard or unknown host. */
+st_status_t st_transport_netdev_for(const char *addr, char *ifname, size_t len);
+
+/* Starts a connection to "host:port" (host may be a name) or to a worker
+ * address from st_transport_worker_address ("ucx:..."). Returns at once;
  * the endpoint becomes ready after the handshake (st_transport_ep_wait_ready
  * or an EP_READY event). Sends before that return ST_ERR_BUSY. */
 st_status_t st_transport_connect(st_transport_t *t, const char *addr, void *user,

@@ -30,7 +30,16 @@ typedef enum ep_state {
 
 struct st_transport_ep {
     st_transport_t *t;
-    ucp_ep_h        uep;          /* NULL once the UCP close was started */
+    ucp_ep_h        uep;          /* ours, for sends; NULL once the UCP close was started */
+    ucp_ep_h        rx_uep;       /* address mode: the UCP endpoint the peer's frames
+                                     arrive on when it is not uep (UCX's own, created
+                                     by its wireup); compared, never used or closed */
+    uint64_t        peer_conn;    /* address mode: the peer's connection id */
+    uint8_t        *peer_addr;    /* address mode, accepted: the peer's worker address
+                                     until our endpoint back to it exists */
+    uint32_t        peer_addr_len;
+    int             addr_mode;    /* created from a worker address (no listener) */
+    int             hello_due;    /* accepted by address: create uep, answer the hello */
     uint32_t        gen;          /* bumped on every reuse of the slot */
     void           *close_req;    /* pending ucp_ep_close_nbx request */
     ep_state_t      state;
@@ -71,7 +80,7 @@ struct st_transport_req {
     int               detached;   /* user released it early or never asked for it */
     st_status_t       status;
     uint8_t           hdr[ST_WIRE_HDR_SIZE];     /* must outlive the UCX send */
-    uint8_t           inline_payload[ST_WIRE_HELLO_SIZE];
+    uint8_t           inline_payload[ST_WIRE_HELLO_MAX];
 };
 
 struct st_transport_msg {
@@ -113,6 +122,9 @@ struct st_transport {
     ucp_context_h         ctx;
     ucp_worker_h          worker;
     ucp_listener_h        listener;
+    ucp_address_t        *self_addr;    /* st_transport_worker_address: published */
+    size_t                self_addr_len;
+    int                   accepting;    /* address-mode endpoints may be accepted */
     int                   efd;          /* worker event fd, -1 without wakeup */
     int                   epfd;         /* epoll set holding efd */
     uint64_t              mem_types;    /* UCP context memory types (bit per ucs type) */
@@ -144,6 +156,7 @@ st_status_t st_tp_wait(st_transport_t *t, int (*done)(void *), void *arg, uint64
 
 /* endpoint.c */
 st_transport_ep_t *st_tp_ep_lookup(st_transport_t *t, ucp_ep_h uep);
+int st_tp_on_unknown_hello(st_transport_t *t, ucp_ep_h reply_ep, const st_wire_hello_t *h);
 void st_tp_ep_fail(st_transport_ep_t *ep, st_status_t status, const char *why);
 void st_tp_ep_on_hello(st_transport_ep_t *ep, const st_wire_hello_t *h);
 void st_tp_do_pending(st_transport_t *t);

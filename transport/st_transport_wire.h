@@ -50,7 +50,12 @@
 #define ST_WIRE_MAGIC        0x54525453u   /* bytes 'S','T','R','T' */
 #define ST_WIRE_VERSION      1u
 #define ST_WIRE_HDR_SIZE     32u
-#define ST_WIRE_HELLO_SIZE   16u
+#define ST_WIRE_HELLO_SIZE   16u          /* the sockaddr-mode hello */
+#define ST_WIRE_KEY_SIZE     32u          /* data-plane access key in an address-mode hello */
+#define ST_WIRE_HELLO_ADDR_FIXED (ST_WIRE_HELLO_SIZE + ST_WIRE_KEY_SIZE + 24u)
+#define ST_WIRE_ADDR_MAX     2048u        /* largest UCX worker address carried */
+#define ST_WIRE_HELLO_MAX    (ST_WIRE_HELLO_ADDR_FIXED + ST_WIRE_ADDR_MAX)
+#define ST_WIRE_HELLO_F_ADDR 1u           /* hello.reserved: address-mode extension follows */
 #define ST_WIRE_FLAGS_USER   0x00ffu       /* application-owned flag bits */
 
 typedef enum st_wire_type {
@@ -72,10 +77,22 @@ typedef struct st_wire_hdr {
     uint64_t payload_len;
 } st_wire_hdr_t;
 
+/* The handshake. Sockaddr endpoints send the first three fields (16 bytes,
+ * reserved 0). Endpoints created from a UCX worker address (no listener,
+ * st_transport_worker_address) send reserved = ST_WIRE_HELLO_F_ADDR and the
+ * extension: the data-plane access key, the sender's connection id, the id
+ * of the peer's connection this hello answers (0 in the opening hello) and,
+ * in the opening hello, the sender's worker address, so that the receiver
+ * can create its own endpoint back (its sends then have an error handler). */
 typedef struct st_wire_hello {
     uint64_t max_payload;    /* largest payload the sender will accept      */
     uint32_t credits;        /* messages the peer may send unacknowledged   */
-    uint32_t reserved;       /* zero                                        */
+    uint32_t reserved;       /* 0, or ST_WIRE_HELLO_F_ADDR                  */
+    uint8_t  key[ST_WIRE_KEY_SIZE]; /* F_ADDR: access key                   */
+    uint64_t conn_id;        /* F_ADDR: sender's connection id (non-zero)   */
+    uint64_t echo_id;        /* F_ADDR: peer connection answered, or 0      */
+    uint32_t addr_len;       /* F_ADDR: bytes of addr (0 in an answer)      */
+    const uint8_t *addr;     /* F_ADDR: points into the decoded buffer      */
 } st_wire_hello_t;
 
 /* Writes the 32-byte encoding of `h` (magic and version added) to out. */
@@ -88,7 +105,9 @@ void st_wire_encode(const st_wire_hdr_t *h, uint8_t out[ST_WIRE_HDR_SIZE]);
 st_status_t st_wire_decode(const void *buf, size_t len, uint64_t max_payload,
                            st_error_t *err, st_wire_hdr_t *out);
 
-void st_wire_hello_encode(const st_wire_hello_t *h, uint8_t out[ST_WIRE_HELLO_SIZE]);
+/* Writes the hello (16 bytes, or the extension with F_ADDR) to out, which
+ * holds ST_WIRE_HELLO_MAX bytes; returns the length written. */
+size_t st_wire_hello_encode(const st_wire_hello_t *h, uint8_t *out);
 st_status_t st_wire_hello_decode(const void *buf, size_t len, st_error_t *err,
                                  st_wire_hello_t *out);
 

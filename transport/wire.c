@@ -59,18 +59,34 @@ st_status_t st_wire_decode(const void *buf, size_t len, uint64_t max_payload,
     if (h.type == ST_WIRE_BYE && (h.payload_len != 0 || h.seq > 1))
         return st_error_set(err, ST_ERR_PROTOCOL, "bye frame with payload %llu, seq %u",
                             (unsigned long long)h.payload_len, h.seq);
-    if (h.type == ST_WIRE_HELLO && h.payload_len != ST_WIRE_HELLO_SIZE)
-        return st_error_set(err, ST_ERR_PROTOCOL, "hello payload length %llu, expected %u",
-                            (unsigned long long)h.payload_len, ST_WIRE_HELLO_SIZE);
+    if (h.type == ST_WIRE_HELLO && h.payload_len != ST_WIRE_HELLO_SIZE &&
+        (h.payload_len < ST_WIRE_HELLO_ADDR_FIXED || h.payload_len > ST_WIRE_HELLO_MAX))
+        return st_error_set(err, ST_ERR_PROTOCOL, "hello payload length %llu, expected %u or "
+                            "%u..%u", (unsigned long long)h.payload_len, ST_WIRE_HELLO_SIZE,
+                            ST_WIRE_HELLO_ADDR_FIXED, ST_WIRE_HELLO_MAX);
     *out = h;
     return ST_OK;
 }
 
-void st_wire_hello_encode(const st_wire_hello_t *h, uint8_t out[ST_WIRE_HELLO_SIZE])
+size_t st_wire_hello_encode(const st_wire_hello_t *h, uint8_t *out)
 {
+    uint32_t alen = h->addr_len <= ST_WIRE_ADDR_MAX ? h->addr_len : 0;
+
     put64(out, h->max_payload);
     put32(out + 8, h->credits);
-    put32(out + 12, 0);
+    if (h->reserved != ST_WIRE_HELLO_F_ADDR) {
+        put32(out + 12, 0);
+        return ST_WIRE_HELLO_SIZE;
+    }
+    put32(out + 12, ST_WIRE_HELLO_F_ADDR);
+    memcpy(out + 16, h->key, ST_WIRE_KEY_SIZE);
+    put64(out + 48, h->conn_id);
+    put64(out + 56, h->echo_id);
+    put32(out + 64, alen);
+    put32(out + 68, 0);
+    if (alen)
+        memcpy(out + ST_WIRE_HELLO_ADDR_FIXED, h->addr, alen);
+    return ST_WIRE_HELLO_ADDR_FIXED + alen;
 }
 
 st_status_t st_wire_hello_decode(const void *buf, size_t len, st_error_t *err,
@@ -79,14 +95,35 @@ st_status_t st_wire_hello_decode(const void *buf, size_t len, st_error_t *err,
     const uint8_t *p = buf;
     st_wire_hello_t h;
 
-    if (buf == NULL || len != ST_WIRE_HELLO_SIZE)
+    if (buf == NULL || (len != ST_WIRE_HELLO_SIZE &&
+                        (len < ST_WIRE_HELLO_ADDR_FIXED || len > ST_WIRE_HELLO_MAX)))
         return st_error_set(err, ST_ERR_PROTOCOL, "hello length %zu, expected %u",
                             buf ? len : 0, ST_WIRE_HELLO_SIZE);
+    memset(&h, 0, sizeof(h));
     h.max_payload = get64(p);
     h.credits     = get32(p + 8);
     h.reserved    = get32(p + 12);
-    if (h.reserved != 0)
+    if (len == ST_WIRE_HELLO_SIZE && h.reserved != 0)
         return st_error_set(err, ST_ERR_PROTOCOL, "hello reserved field 0x%08x", h.reserved);
+    if (len > ST_WIRE_HELLO_SIZE) {
+        uint32_t pad;
+        if (h.reserved != ST_WIRE_HELLO_F_ADDR)
+            return st_error_set(err, ST_ERR_PROTOCOL, "hello reserved field 0x%08x with an "
+                                "extension", h.reserved);
+        memcpy(h.key, p + 16, ST_WIRE_KEY_SIZE);
+        h.conn_id  = get64(p + 48);
+        h.echo_id  = get64(p + 56);
+        h.addr_len = get32(p + 64);
+        pad        = get32(p + 68);
+        if (pad != 0 || h.conn_id == 0 || (uint64_t)h.addr_len != len - ST_WIRE_HELLO_ADDR_FIXED)
+            return st_error_set(err, ST_ERR_PROTOCOL, "hello extension: connection id %llu, "
+                                "address %u bytes in a %zu-byte hello",
+                                (unsigned long long)h.conn_id, h.addr_len, len);
+        if ((h.echo_id == 0) == (h.addr_len == 0))
+            return st_error_set(err, ST_ERR_PROTOCOL, "hello extension: an opening hello "
+                                "carries an address, an answer does not");
+        h.addr = h.addr_len ? p + ST_WIRE_HELLO_ADDR_FIXED : NULL;
+    }
     if (h.credits == 0 || h.credits > 65536)
         return st_error_set(err, ST_ERR_PROTOCOL, "hello advertises %u credits (1..65536)",
                             h.credits);

@@ -87,6 +87,12 @@ void st_ctrl_proof(const uint8_t *secret, size_t secret_len, const char *label,
         memset(out, 0, ST_CTRL_MAC);   /* never equals a real proof check below */
 }
 
+void st_ctrl_data_key(const uint8_t *secret, size_t secret_len, uint8_t out[ST_CTRL_MAC])
+{
+    static const uint8_t zero[ST_CTRL_NONCE];
+    st_ctrl_proof(secret, secret_len, "strata-data-plane", zero, zero, NULL, out);
+}
+
 int st_ctrl_mac_equal(const uint8_t a[ST_CTRL_MAC], const uint8_t b[ST_CTRL_MAC])
 {
     static const uint8_t zero[ST_CTRL_MAC];

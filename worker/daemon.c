@@ -367,6 +367,7 @@ static st_status_t setup_transport(wk_t *w, st_error_t *err)
     const st_ctrl_plan_t *pl = &w->plan;
     size_t need = frame_max(w);
     st_transport_config_t cfg;
+    char netdev[64];
     st_status_t st;
 
     if (need == 0)
@@ -386,16 +387,23 @@ static st_status_t setup_transport(wk_t *w, st_error_t *err)
         cfg.large_slots = pl->n_stages + 3;
         cfg.tls = tls;
         cfg.name = w->name;
+        st_ctrl_data_key(w->p->secret, w->p->secret_len, cfg.access_key);
+        cfg.access_key_len = ST_CTRL_MAC;
+        /* --data-listen HOST:PORT only picks the interface of UCX's TCP
+         * transport now (the port is unused); wildcard: UCX's choice. */
+        if (w->p->data_listen && !getenv("UCX_NET_DEVICES") &&
+            st_transport_netdev_for(w->p->data_listen, netdev, sizeof(netdev)) == ST_OK)
+            cfg.net_devices = netdev;
         st = st_transport_create(&cfg, err, &w->t);
         if (st != ST_OK)
             return st;
         w->t_max = (size_t)cfg.max_msg_size;
-        st = st_transport_listen(w->t, w->p->data_listen, err);
+        /* No listener: peers connect from our UCX worker address, which goes
+         * to the coordinator over the authenticated control connection, and
+         * must present the key derived from the cluster secret. */
+        st = st_transport_worker_address(w->t, w->data_addr, sizeof(w->data_addr));
         if (st != ST_OK)
-            return st;
-        st = st_transport_address(w->t, w->data_addr, sizeof(w->data_addr));
-        if (st != ST_OK)
-            return st_error_set(err, st, "transport has no listening address");
+            return st_error_set(err, st, "cannot get the data-plane worker address");
     }
     if (!w->bufs || w->frame_max < need || w->n_bufs < pl->n_stages + 2) {
         free_buffers(w);
@@ -516,9 +524,10 @@ static st_status_t load(wk_t *w, st_ctrl_loaded_t *res, st_error_t *err)
                 w->shard_ns ? (double)w->shard_bytes / 1e6 / ((double)w->shard_ns / 1e9) : 0.0);
     else
         st_info(MOD, "%s: loaded in %.2f s", w->name, (double)res->load_ns / 1e9);
-    st_info(MOD, "%s: stage %u/%u, layers [%u, %u) of %s, %s, data plane %s", w->name,
-            pl->stage, pl->n_stages, pl->first_layer, pl->last_layer, w->model_path,
-            st_stage_describe(w->stage), w->data_addr);
+    st_info(MOD, "%s: stage %u/%u, layers [%u, %u) of %s, %s, data plane by UCX worker "
+            "address (%zu bytes, no listener)", w->name, pl->stage, pl->n_stages,
+            pl->first_layer, pl->last_layer, w->model_path, st_stage_describe(w->stage),
+            (strlen(w->data_addr) - 4) / 2);
     return ST_OK;
 }
 
@@ -566,7 +575,7 @@ static st_status_t on_connect(wk_t *w, const char *addr, st_error_t *err)
         if (st == ST_OK)
             st = st_transport_ep_wait_ready(w->t, w->next, 15 * ST_TRANSPORT_SEC);
         if (st != ST_OK && !cerr.msg[0])
-            st_error_set(&cerr, st, "cannot connect the data plane to %s: %s", addr,
+            st_error_set(&cerr, st, "cannot connect the data plane to the next stage: %s",
                          st_status_str(st));
     }
     r->status = st;
@@ -575,7 +584,8 @@ static st_status_t on_connect(wk_t *w, const char *addr, st_error_t *err)
         st_error(MOD, "%s: %s", w->name, cerr.msg);
     } else {
         w->ready = 1;
-        st_info(MOD, "%s: stage %u connected to %s", w->name, w->plan.stage, addr);
+        st_info(MOD, "%s: stage %u connected to the %s", w->name, w->plan.stage,
+                w->plan.stage + 1 < w->plan.n_stages ? "next stage" : "coordinator");
     }
     return send_msg(w, ST_CTRL_READY, err);
 }

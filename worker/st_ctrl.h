@@ -61,7 +61,8 @@
 #define ST_CTRL_HDR_SIZE     16u
 #define ST_CTRL_MAX_PAYLOAD  (64u * 1024u)
 #define ST_CTRL_NAME_MAX     64    /* worker and host names, with NUL */
-#define ST_CTRL_ADDR_MAX     128   /* "host:port", with NUL */
+#define ST_CTRL_ADDR_MAX     4160  /* "host:port", or a data-plane "ucx:" + hex worker
+                                      address (st_transport_worker_address), with NUL */
 #define ST_CTRL_PATH_MAX     1024
 #define ST_CTRL_TEXT_MAX     400   /* error and reason lines */
 #define ST_CTRL_TENSOR_NAME_MAX 96
@@ -325,6 +326,10 @@ void st_ctrl_proof(const uint8_t *secret, size_t secret_len, const char *label,
                    const uint8_t a[ST_CTRL_NONCE], const uint8_t b[ST_CTRL_NONCE],
                    const char *extra, uint8_t out[ST_CTRL_MAC]);
 /* Constant-time comparison of two MACs: 1 when equal. */
+/* The data-plane access key (st_transport_config_t.access_key) of a cluster:
+ * HMAC-SHA256(secret, "strata-data-plane"), so the secret itself never
+ * crosses the data plane. */
+void st_ctrl_data_key(const uint8_t *secret, size_t secret_len, uint8_t out[ST_CTRL_MAC]);
 int  st_ctrl_mac_equal(const uint8_t a[ST_CTRL_MAC], const uint8_t b[ST_CTRL_MAC]);
 void st_ctrl_sha256(const void *data, size_t len, uint8_t out[32]);
 /* SHA-256 of `len` bytes at `offset` of an open file, read with pread (the

@@ -48,7 +48,8 @@ typedef struct st_worker_params {
     const char *name;                 /* NULL: "<hostname>-<pid>" */
     const char *model_path;           /* NULL: the path in the plan */
     int         n_threads;            /* > 0 overrides the plan */
-    const char *data_listen;          /* transport listener, default "0.0.0.0:0" */
+    const char *data_listen;          /* opens no listener; a specific host picks the
+                                         interface of UCX's TCP transport */
     const char *transport_tls;        /* UCX_TLS override; NULL: plan's, then environment */
     int         bind;                 /* 1: apply the topology placement (when built) */
     uint64_t    mem_bytes;            /* advertised; 0: MemAvailable */

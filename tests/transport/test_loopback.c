@@ -64,21 +64,29 @@ static st_transport_config_t cfg_for(const char *tls)
     return c;
 }
 
-static int pair_open(pair_t *p, const char *tls, const st_transport_config_t *scfg)
+/* by_addr: connect from the server's worker address (no listener), both
+ * sides with the same access key; else through a sockaddr listener. */
+static int pair_open_mode(pair_t *p, const char *tls, const st_transport_config_t *scfg,
+                          int by_addr)
 {
     st_transport_config_t c = cfg_for(tls);
     st_transport_event_t ev;
     st_error_t err;
-    char addr[96];
+    char addr[4200];
 
     memset(p, 0, sizeof(*p));
+    if (by_addr) {
+        memset(c.access_key, 0xa7, sizeof(c.access_key));
+        c.access_key_len = sizeof(c.access_key);
+    }
     if (st_transport_create(scfg ? scfg : &c, &err, &p->srv) != ST_OK ||
         st_transport_create(&c, &err, &p->cli) != ST_OK) {
         fprintf(stderr, "  create: %s\n", err.msg);
         return 0;
     }
-    if (st_transport_listen(p->srv, "127.0.0.1:0", &err) != ST_OK ||
-        st_transport_address(p->srv, addr, sizeof(addr)) != ST_OK) {
+    if (by_addr ? st_transport_worker_address(p->srv, addr, sizeof(addr)) != ST_OK
+                : (st_transport_listen(p->srv, "127.0.0.1:0", &err) != ST_OK ||
+                   st_transport_address(p->srv, addr, sizeof(addr)) != ST_OK)) {
         fprintf(stderr, "  listen: %s\n", err.msg);
         return 0;
     }
@@ -101,13 +109,18 @@ static int pair_open(pair_t *p, const char *tls, const st_transport_config_t *sc
            ev.type == ST_TRANSPORT_EV_EP_READY && st_transport_ep_status(p->cep) == ST_OK;
 }
 
+static int pair_open(pair_t *p, const char *tls, const st_transport_config_t *scfg)
+{
+    return pair_open_mode(p, tls, scfg, 0);
+}
+
 static void pair_close(pair_t *p)
 {
     st_transport_destroy(p->cli);
     st_transport_destroy(p->srv);
 }
 
-static void integrity(int *st_failed_, const char *tls)
+static void integrity_mode(int *st_failed_, const char *tls, int by_addr)
 {
     static const size_t sizes[] = {0, 1, 8, 100, 2304, 4095, 4096, 65536, 65537,
                                    300000, 1u << 20, 4u << 20};
@@ -115,7 +128,7 @@ static void integrity(int *st_failed_, const char *tls)
     st_transport_mem_t *mem;
     st_transport_event_t ev;
 
-    ST_REQUIRE(pair_open(&p, tls, NULL));
+    ST_REQUIRE(pair_open_mode(&p, tls, NULL, by_addr));
     ST_CHECK(st_transport_ep_max_msg(p.cep) == 4u << 20);
     ST_REQUIRE(st_transport_mem_alloc(p.cli, 4u << 20, ST_TRANSPORT_MEM_HOST, &mem) == ST_OK);
     uint8_t *buf = st_transport_mem_ptr(mem);
@@ -152,8 +165,41 @@ static void integrity(int *st_failed_, const char *tls)
     pair_close(&p);
 }
 
-ST_TEST(integrity_shm) { integrity(st_failed_, SHM_TLS); }
-ST_TEST(integrity_tcp) { integrity(st_failed_, "tcp"); }
+ST_TEST(integrity_shm) { integrity_mode(st_failed_, SHM_TLS, 0); }
+ST_TEST(integrity_tcp) { integrity_mode(st_failed_, "tcp", 0); }
+ST_TEST(integrity_by_address_shm) { integrity_mode(st_failed_, "posix,self", 1); }
+ST_TEST(integrity_by_address_tcp) { integrity_mode(st_failed_, "tcp", 1); }
+
+/* A peer that connects to our worker address without our access key is
+ * never accepted: no EP_READY on either side, nothing delivered. */
+ST_TEST(wrong_access_key_is_not_accepted)
+{
+    st_transport_config_t c = cfg_for("posix,self");
+    st_transport_t *srv, *cli;
+    st_transport_ep_t *ep;
+    st_transport_event_t ev;
+    st_error_t err;
+    char addr[4200];
+
+    memset(c.access_key, 1, sizeof(c.access_key));
+    c.access_key_len = sizeof(c.access_key);
+    ST_REQUIRE(st_transport_create(&c, &err, &srv) == ST_OK);
+    c.access_key[0] = 2;
+    ST_REQUIRE(st_transport_create(&c, &err, &cli) == ST_OK);
+    ST_REQUIRE(st_transport_worker_address(srv, addr, sizeof(addr)) == ST_OK);
+    ST_CHECK(st_transport_worker_address(srv, addr, 8) == ST_ERR_RANGE);
+    ST_REQUIRE(st_transport_connect(cli, addr, NULL, &err, &ep) == ST_OK);
+    uint64_t end = st_now_ns() + ST_TRANSPORT_SEC / 2;
+    while (st_now_ns() < end) {
+        st_transport_progress(cli);
+        ST_CHECK(st_transport_wait_event(srv, 0, &ev) == ST_ERR_TIMEOUT);
+    }
+    ST_CHECK(st_transport_ep_status(ep) == ST_INPROGRESS);
+    ST_CHECK(st_transport_ep_count(srv) == 0);
+    st_transport_ep_close(cli, ep);
+    st_transport_destroy(cli);
+    st_transport_destroy(srv);
+}
 
 /* 200 messages of mixed sizes in flight at once with 8+2 receive buffers:
  * arrivals beyond that wait in UCX and are received as buffers come back,

@@ -104,7 +104,7 @@ ST_TEST(output_untouched_on_error)
 
 ST_TEST(hello)
 {
-    st_wire_hello_t h = {1 << 24, 68, 0}, d;
+    st_wire_hello_t h = {.max_payload = 1 << 24, .credits = 68}, d;
     st_wire_hdr_t hh = sample(), dh;
     uint8_t buf[ST_WIRE_HELLO_SIZE], hb[ST_WIRE_HDR_SIZE];
     st_error_t err;
@@ -122,6 +122,37 @@ ST_TEST(hello)
     hh.payload_len = 17;
     st_wire_encode(&hh, hb);
     ST_CHECK(st_wire_decode(hb, sizeof(hb), 1 << 20, &err, &dh) == ST_ERR_PROTOCOL);
+}
+
+/* The address-mode hello: key, ids and the opener's address round-trip; an
+ * answer carries no address, an opening one must; lengths must agree. */
+ST_TEST(hello_addr)
+{
+    static const uint8_t addr[5] = {1, 2, 3, 4, 5};
+    st_wire_hello_t h = {.max_payload = 4096, .credits = 8, .reserved = ST_WIRE_HELLO_F_ADDR,
+                         .conn_id = 0x100000002ull, .addr_len = 5, .addr = addr}, d;
+    uint8_t buf[ST_WIRE_HELLO_MAX];
+    st_error_t err;
+    size_t n;
+
+    memset(h.key, 0x5a, sizeof(h.key));
+    n = st_wire_hello_encode(&h, buf);
+    ST_REQUIRE(n == ST_WIRE_HELLO_ADDR_FIXED + 5);
+    ST_REQUIRE(st_wire_hello_decode(buf, n, &err, &d) == ST_OK);
+    ST_CHECK(d.conn_id == h.conn_id && d.echo_id == 0 && d.addr_len == 5 &&
+             !memcmp(d.addr, addr, 5) && d.key[31] == 0x5a);
+    ST_CHECK(st_wire_hello_decode(buf, n - 1, &err, &d) == ST_ERR_PROTOCOL);
+    buf[64] = 4;                                    /* address length disagrees */
+    ST_CHECK(st_wire_hello_decode(buf, n, &err, &d) == ST_ERR_PROTOCOL);
+    h.echo_id = 7;                                  /* an answer with an address */
+    n = st_wire_hello_encode(&h, buf);
+    ST_CHECK(st_wire_hello_decode(buf, n, &err, &d) == ST_ERR_PROTOCOL);
+    h.addr_len = 0;
+    n = st_wire_hello_encode(&h, buf);
+    ST_CHECK(st_wire_hello_decode(buf, n, &err, &d) == ST_OK && d.echo_id == 7);
+    h.conn_id = 0;                                  /* no connection id */
+    n = st_wire_hello_encode(&h, buf);
+    ST_CHECK(st_wire_hello_decode(buf, n, &err, &d) == ST_ERR_PROTOCOL);
 }
 
 /* Random bytes never crash the decoder and are accepted only when they

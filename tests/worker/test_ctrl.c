@@ -248,7 +248,7 @@ ST_TEST(strings_from_the_wire_are_checked)
     /* A string length larger than the field. */
     len = enc(&m);
     frame[ST_CTRL_HDR_SIZE] = 0xff;
-    frame[ST_CTRL_HDR_SIZE + 1] = 0x00;
+    frame[ST_CTRL_HDR_SIZE + 1] = 0xff;
     ST_CHECK(st_ctrl_decode(frame, len, &d, &err) == ST_ERR_PROTOCOL);
     ST_CHECK(strstr(err.msg, "limit") != NULL);
 
