@@ -71,7 +71,7 @@
 #include "st_util.h"
 
 #define ST_QK 32   /* values per block of Q4_0 / Q4_1 / Q8_0 */
-#define ST_ATTN_HEAD_MAX_DIM 128
+#define ST_ATTN_HEAD_MAX_DIM 256   /* Gemma 3: 256 */
 /* qgemv prefetches each weight stream this many bytes ahead. The hardware
  * prefetcher alone left decode at ~55 tokens/s on the 2-core dev VM under
  * load; 4 KiB gave ~90, 8 KiB ~100 (SmolLM2, strata bench decode, 1 thread,

@@ -654,6 +654,10 @@ static void attn_head_avx512(const float *q, const float *k, const float *v, siz
 {
     if (head_dim == 64)
         attn_head_n(q, k, v, kv_stride, npos, 4, scale, out);
+    else if (head_dim == 128)
+        attn_head_n(q, k, v, kv_stride, npos, 8, scale, out);
+    else if (head_dim == 256)
+        attn_head_n(q, k, v, kv_stride, npos, 16, scale, out);
     else
         attn_head_n(q, k, v, kv_stride, npos, head_dim / 16, scale, out);
 }

@@ -260,7 +260,7 @@ static void attention_case(int *st_failed_, int n_head, int n_kv, int hd)
                 const float *qh = q + ((size_t)t * n_head + h) * hd;
                 const float *kb = kc + (size_t)slot[t] * n_ctx * kv_dim + g * hd;
                 const float *vb = vc + (size_t)slot[t] * n_ctx * kv_dim + g * hd;
-                double sc[200], mx = -1e300, sum = 0, o[128] = {0}, mag[128] = {0};
+                double sc[200], mx = -1e300, sum = 0, o[256] = {0}, mag[256] = {0};
                 for (int j = 0; j <= pos[t]; j++) {
                     double d = 0;
                     for (int i = 0; i < hd; i++)
@@ -293,6 +293,7 @@ ST_TEST(kv_store_and_attention_vs_double)
 {
     attention_case(st_failed_, 9, 3, 64);
     attention_case(st_failed_, 4, 2, 128);
+    attention_case(st_failed_, 4, 1, 256);   /* Gemma 3 */
     attention_case(st_failed_, 6, 6, 40);
 }
 
