@@ -58,3 +58,9 @@ STRATA_BIN=$STRATA_ASAN_BIN python3 -m pytest -q tests/py/test_cluster_faults.py
 echo "== architecture references under ASan+UBSan"
 STRATA_BIN=$STRATA_ASAN_BIN python3 -m pytest -q tests/py/test_arch_ref.py \
   -k "logits or teacher or quantized or cluster"
+
+# A hostile peer on every port of `serve --workers 2` (front door, control
+# plane, UCX's TCP transport), sanitized: every process must survive, answer
+# the same greedy text and go back to idle (docs/TRANSPORT.md, threat model).
+echo "== hostile network under ASan+UBSan"
+STRATA_BIN=$STRATA_ASAN_BIN python3 -m pytest -q tests/py/test_hostile_network.py
