@@ -7,6 +7,7 @@
 #   SHAPES="small 1b" bench/gpu/check.sh
 #   SHAPES= QMODELS="8b:q4_k" bench/gpu/check.sh   # only the quantized 8B
 #   STRATA_MODEL=/path/model.gguf bench/gpu/check.sh   # also a real model
+#   SHAPES= QMODELS= bench/gpu/check.sh                # unit tests + arch models only
 #
 # Steps: configure with every optional library off and CUDA on; build the
 # strata binary, the strata-gpu tool and the CUDA unit tests; run those
@@ -17,7 +18,15 @@
 # with CPU logits and greedy tokens, then benchmark prefill and decode at
 # batch 1/8/64; the same for each QMODELS entry (shape:type, random
 # quantized blocks, read in place by the quantized mat-vec kernel) and for
-# $STRATA_MODEL when it names a file. The results table is printed last.
+# $STRATA_MODEL when it names a file. Then the architectures beyond Llama
+# (ARCH_MODELS: tiny random Gemma 3 and DeepSeek V3 / V2-Lite models from
+# tests/tools/arch_ref.py): CUDA against CPU logits and greedy tokens, no
+# bench. The machine has no network and maybe no torch, so their GGUF files
+# are looked for in $ARCH_REF_DIR, $ROOT/.cache/arch-ref (an ignored path a
+# session can carry over) and ${STRATA_CACHE:-~/.cache/strata}/arch-ref;
+# when some are missing and python3 has torch, transformers and gguf they
+# are generated; otherwise each missing one is reported as skipped, not
+# failed. The results table is printed last.
 # Exit status 1 when any check failed (the table is still printed).
 set -uo pipefail
 
@@ -27,6 +36,8 @@ WORK=${WORK:-/tmp/strata-gpu}
 SHAPES=${SHAPES-"small 1b 8b"}
 # shape:type; K types need rows of 256 (not the small shape's 576)
 QMODELS=${QMODELS-"small:q4_0 1b:q4_k 8b:q4_k"}
+# arch_ref.py cases (file stems): F32 weights, and one Q8_0 copy
+ARCH_MODELS=${ARCH_MODELS-"gemma3 deepseek3 deepseek3.q8_0 deepseek2lite"}
 JOBS=${JOBS:-$(nproc)}
 T0=$(date +%s)
 FAILED=0
@@ -37,6 +48,7 @@ mkdir -p "$WORK"
 log() { echo "[check +$(( $(date +%s) - T0 ))s] $*"; }
 fail() { FAILED=1; SUMMARY+=("FAIL $*"); log "FAIL $*"; }
 pass() { SUMMARY+=("ok   $*"); log "ok $*"; }
+skip() { SUMMARY+=("skip $*"); log "skip $*"; }
 
 command -v nvidia-smi >/dev/null &&
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -63,13 +75,14 @@ if ! cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
 fi
 log "build (-j$JOBS)"
 if ! ninja -C "$BUILD" -j "$JOBS" strata strata-gpu test_cuda_registry test_cuda_ops test_cuda_qblock \
+        test_cuda_ext \
         > "$WORK/build.log" 2>&1; then
     grep -E "error|FAILED" "$WORK/build.log" | head -30; echo "check: build failed"; exit 1
 fi
 BIN=$BUILD/bin
 
 log "unit tests"
-for t in kernels/test_cuda_registry kernels/test_cuda_ops cuda/test_cuda_qblock; do
+for t in kernels/test_cuda_registry kernels/test_cuda_ops cuda/test_cuda_qblock cuda/test_cuda_ext; do
     if timeout 120 "$BUILD/tests/$t" > "$WORK/${t#*/}.log" 2>&1; then
         t=${t#*/}
         grep -q "\[ SKIP \]" "$WORK/$t.log" && grep -B1 "SKIP" "$WORK/$t.log" | head -4
@@ -135,6 +148,45 @@ for qm in $QMODELS; do
 done
 if [ -n "${STRATA_MODEL:-}" ] && [ -f "$STRATA_MODEL" ]; then
     check_model "$(basename "$STRATA_MODEL")" "$STRATA_MODEL" real
+fi
+
+# ---- architectures beyond Llama (rope_ex, GeGLU, windowed and soft-capped
+# attention, MLA, MoE): tiny reference models, compared only ----
+arch_file() {
+    local d
+    for d in ${ARCH_REF_DIR:-} "$ROOT/.cache/arch-ref" "${STRATA_CACHE:-$HOME/.cache/strata}/arch-ref"; do
+        [ -s "$d/$1.gguf" ] && { echo "$d/$1.gguf"; return 0; }
+    done
+    return 1
+}
+if [ -n "$ARCH_MODELS" ]; then
+    missing=()
+    for am in $ARCH_MODELS; do arch_file "$am" > /dev/null || missing+=("${am%%.*}"); done
+    if [ ${#missing[@]} -gt 0 ]; then
+        if python3 -c "import torch, transformers, gguf" 2> /dev/null; then
+            log "generate ${missing[*]} (tests/tools/arch_ref.py)"
+            timeout 300 python3 "$ROOT/tests/tools/arch_ref.py" $(printf '%s\n' "${missing[@]}" | sort -u) \
+                > "$WORK/arch_ref.log" 2>&1 || tail -5 "$WORK/arch_ref.log"
+        else
+            log "no torch/transformers/gguf here: missing arch models are skipped"
+        fi
+    fi
+    for am in $ARCH_MODELS; do
+        if ! model=$(arch_file "$am"); then
+            skip "$am: no $am.gguf (python3 tests/tools/arch_ref.py ${am%%.*} elsewhere, then copy it to $ROOT/.cache/arch-ref/)"
+            continue
+        fi
+        # 64 prompt tokens and 24 steps fit the models' 256 positions and
+        # pass Gemma's 8-position window and DeepSeek's YaRN context (64).
+        # Greedy ids are reported, not required: the CUDA backend keeps f32
+        # matrices as bf16, the CPU backend keeps them f32.
+        log "compare $am (cpu vs cuda, 64 tokens, 24 greedy steps)"
+        if out=$(timeout 120 "$BIN/strata-gpu" compare -m "$model" --tokens 64 --gen 24); then
+            pass "$out"
+        else
+            echo "$out"; fail "$am compare: $(head -1 <<< "$out")"
+        fi
+    done
 fi
 
 echo

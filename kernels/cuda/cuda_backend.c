@@ -16,6 +16,7 @@
 
 #include "cuda_impl.h"
 #include "st_cuda.h"
+#include "st_dtype.h"
 #include "st_log.h"
 #include "st_util.h"
 
@@ -375,6 +376,19 @@ static int cu_enter(cu_ctx_t *c, int n, const char *op)
     return n > 0;
 }
 
+/* Entry check of the ops that use no scratch sized by max_batch: any
+ * number of rows (per-head norms see n_tokens * n_head of them). */
+static int cu_enter_rows(cu_ctx_t *c, int n, const char *op)
+{
+    if (c->status != ST_OK || !cu_use(c))
+        return 0;
+    if (n < 0) {
+        cu_fail(c, ST_ERR_RANGE, "cuda %s: %d rows", op, n);
+        return 0;
+    }
+    return n > 0;
+}
+
 /* Positions and slots come from the network in the cluster: checked here
  * (the executor checks too, but the table may have other callers). */
 static int cu_check_pos(cu_ctx_t *c, const int32_t *slot, const int32_t *pos, int n, int n_ctx,
@@ -421,7 +435,7 @@ static void cu_rmsnorm(void *ctx, const float *x, const st_tensor_t *wt, float e
     cu_ctx_t *c = ctx;
     const cu_weight_t *w;
 
-    if (!cu_enter(c, n, "rmsnorm") || !(w = cu_weight_get(c, wt)))
+    if (!cu_enter_rows(c, n, "rmsnorm") || !(w = cu_weight_get(c, wt)))
         return;
     if (w->wtype != CU_W_F32 || w->cols != (uint64_t)dim) {
         cu_fail(c, ST_ERR_INVALID, "cuda rmsnorm: weight '%s' is not an f32 vector of %d",
@@ -544,49 +558,64 @@ static void cu_kv_store(void *ctx, const float *k, const float *v, int n, int kv
           "kv_store launch");
 }
 
+st_status_t cu_attn_prepare(const st_attn_args_t *a, int n_sm, size_t part_floats,
+                            cu_attn_launch_t *L, st_error_t *err)
+{
+    const int hv = a->head_dim_v > 0 ? a->head_dim_v : a->head_dim;
+    const int stride = a->kv_stride > 0 ? a->kv_stride : a->n_head_kv * a->head_dim;
+    int max_span = 0;
+
+    if (a->n_tokens <= 0 || a->n_tokens > 65535 || a->n_head <= 0 || a->n_head > 65535 ||
+        a->n_head_kv <= 0 || a->n_head % a->n_head_kv != 0 || a->head_dim <= 0 ||
+        a->head_dim > CU_ATT_MAX_HEAD_DIM || hv > CU_ATT_MAX_HEAD_DIM)
+        return st_error_set(err, ST_ERR_UNSUPPORTED, "cuda attention: %d tokens, %d heads (%d "
+                            "kv) of dim %d, values %d unsupported (dims <= %d)", a->n_tokens,
+                            a->n_head, a->n_head_kv, a->head_dim, hv, CU_ATT_MAX_HEAD_DIM);
+    /* The last KV head's keys and values must lie within a cache row. */
+    if ((int64_t)(a->n_head_kv - 1) * a->head_dim + ST_MAX(a->head_dim, hv) > stride)
+        return st_error_set(err, ST_ERR_INVALID, "cuda attention: cache rows of %d floats "
+                            "cannot hold %d kv heads of %d (values %d)", stride, a->n_head_kv,
+                            a->head_dim, hv);
+    for (int i = 0; i < a->n_tokens; i++)
+        max_span = ST_MAX(max_span, a->pos[i] + 1 - CU_ATT_FIRST_POS(a->pos[i], a->window));
+
+    memset(L, 0, sizeof *L);
+    L->q = a->q;
+    L->k_cache = a->k_cache;
+    L->v_cache = a->v_cache;
+    L->out = a->out;
+    L->n_tokens = a->n_tokens;
+    L->n_head = a->n_head;
+    L->n_head_kv = a->n_head_kv;
+    L->head_dim = a->head_dim;
+    L->head_dim_v = hv;
+    L->kv_stride = stride;
+    L->window = a->window > 0 ? a->window : 0;
+    L->n_ctx = a->n_ctx;
+    L->scale = a->scale;
+    L->softcap = a->softcap > 0.0f ? a->softcap : 0.0f;
+    cu_attn_plan(a->n_tokens, a->n_head, hv, max_span, n_sm, part_floats, &L->n_splits,
+                 &L->chunk);
+    return ST_OK;
+}
+
 static void cu_attention(void *ctx, const st_attn_args_t *a)
 {
     cu_ctx_t *c = ctx;
     cu_attn_launch_t L;
-    int max_len = 0, base, want;
+    st_error_t err;
+    st_status_t st;
 
-    if (!cu_enter(c, a->n_tokens, "attention"))
+    if (!cu_enter(c, a->n_tokens, "attention") ||
+        !cu_check_pos(c, a->slot, a->pos, a->n_tokens, a->n_ctx, "attention"))
         return;
-    if (a->n_head <= 0 || a->n_head_kv <= 0 || a->n_head % a->n_head_kv != 0 ||
-        a->head_dim <= 0 || a->head_dim > CU_ATT_MAX_HEAD_DIM ||
-        (uint64_t)a->n_head * (uint64_t)a->head_dim > c->max_cols) {
-        cu_fail(c, ST_ERR_UNSUPPORTED, "cuda attention: %d heads (%d kv) of dim %d unsupported "
-                "(head_dim <= %d, n_head * head_dim <= max_cols %u)", a->n_head, a->n_head_kv,
-                a->head_dim, CU_ATT_MAX_HEAD_DIM, c->max_cols);
+    if ((st = cu_attn_prepare(a, c->n_sm, (size_t)CU_ATT_PART_ROWS * c->max_cols, &L, &err)) !=
+        ST_OK) {
+        cu_fail(c, st, "%s", err.msg);
         return;
     }
-    if (!cu_check_pos(c, a->slot, a->pos, a->n_tokens, a->n_ctx, "attention"))
-        return;
-    for (int i = 0; i < a->n_tokens; i++)
-        max_len = ST_MAX(max_len, a->pos[i] + 1);
-
-    memset(&L, 0, sizeof L);
-    L.q = a->q;
-    L.k_cache = a->k_cache;
-    L.v_cache = a->v_cache;
-    L.out = a->out;
     L.part_o = c->att_part;
     L.part_ml = c->att_ml;
-    L.n_tokens = a->n_tokens;
-    L.n_head = a->n_head;
-    L.n_head_kv = a->n_head_kv;
-    L.head_dim = a->head_dim;
-    L.n_ctx = a->n_ctx;
-    L.scale = a->scale;
-    /* Split the sequence until about four blocks per SM are in flight, but
-     * keep >= 64 positions per split and stay within the partial buffer
-     * (n_tokens * n_splits rows of n_head * head_dim floats). */
-    base = a->n_tokens * a->n_head;
-    want = (4 * c->n_sm + base - 1) / base;
-    want = ST_MIN(want, (max_len + 63) / 64);
-    want = ST_MIN(want, CU_ATT_PART_ROWS / a->n_tokens);
-    L.n_splits = ST_MAX(want, 1);
-    L.chunk = (max_len + L.n_splits - 1) / L.n_splits;
     if (!(L.slot = cu_upload_idx(c, CU_IDX_SLOT, a->slot, a->n_tokens)) ||
         !(L.pos = cu_upload_idx(c, CU_IDX_POS, a->pos, a->n_tokens)))
         return;
@@ -609,6 +638,118 @@ static void cu_add(void *ctx, float *x, const float *y, size_t n)
     cu_ok(c, cu_launch_add(c->stream, x, y, n), "add launch");
 }
 
+/* ---- ops for architectures beyond Llama (kernels in cuda_ext.cu) ---- */
+
+st_status_t cu_rope_prepare(const st_rope_args_t *r, cu_rope_launch_t *L, st_error_t *err)
+{
+    const int half = r->rope_dim / 2;
+
+    /* The CPU backend's limits, refused the same way. */
+    if (half <= 0 || half > CU_ROPE_MAX_PAIRS || r->offset < 0 || r->n_heads < 0 ||
+        r->offset + r->rope_dim > r->head_stride)
+        return st_error_set(err, ST_ERR_INVALID, "cuda rope_ex: rope_dim %d at offset %d does "
+                            "not fit a head of %d", r->rope_dim, r->offset, r->head_stride);
+    memset(L, 0, sizeof *L);
+    L->x = r->x;
+    L->n = r->n;
+    L->row_stride = r->row_stride;
+    L->n_heads = r->n_heads;
+    L->head_stride = r->head_stride;
+    L->offset = r->offset;
+    L->half = half;
+    L->neox = r->neox != 0;
+    L->inv_base = pow((double)r->theta, -2.0 / (double)r->rope_dim);
+    L->freq_scale = r->freq_scale;
+    L->ext_factor = r->ext_factor;
+    L->mscale = r->mscale;
+    if (r->ext_factor != 0.0f)
+        cu_rope_yarn_range(r->rope_dim, r->n_ctx_orig, r->beta_fast, r->beta_slow, r->theta,
+                           &L->lo, &L->hi);
+    return ST_OK;
+}
+
+static void cu_rope_ex(void *ctx, const st_rope_args_t *r)
+{
+    cu_ctx_t *c = ctx;
+    cu_rope_launch_t L;
+    st_error_t err;
+    st_status_t st;
+
+    if (!cu_enter(c, r->n, "rope_ex"))
+        return;
+    if ((st = cu_rope_prepare(r, &L, &err)) != ST_OK) {
+        cu_fail(c, st, "%s", err.msg);
+        return;
+    }
+    if (!(L.pos = cu_upload_idx(c, CU_IDX_POS, r->pos, r->n)))
+        return;
+    cu_ok(c, cu_launch_rope_ex(c->stream, &L), "rope_ex launch");
+}
+
+static void cu_add_row(void *ctx, float *x, const st_tensor_t *b, int n, int dim)
+{
+    cu_ctx_t *c = ctx;
+    const cu_weight_t *w;
+
+    if (!cu_enter_rows(c, n, "add_row") || dim <= 0)
+        return;
+    /* As the CPU backend: an f32 vector of at least dim (the device copy
+     * of any 1-D tensor is f32, so the file's type is what is checked). */
+    if (b->type != ST_DTYPE_F32 || b->ne[0] < (uint64_t)dim) {
+        cu_fail(c, ST_ERR_INVALID, "cuda add_row: bias '%s' is %s[%llu], need f32[%d]",
+                b->name ? b->name : "?", st_dtype_name(b->type), (unsigned long long)b->ne[0],
+                dim);
+        return;
+    }
+    if (!(w = cu_weight_get(c, b)))
+        return;
+    cu_ok(c, cu_launch_add_row(c->stream, x, (const float *)w->dev, n, dim), "add_row launch");
+}
+
+/* Common entry of the element-wise ops. */
+static int cu_enter_ew(cu_ctx_t *c, size_t n)
+{
+    return c->status == ST_OK && n > 0 && cu_use(c);
+}
+
+static void cu_geglu(void *ctx, const float *gate, const float *up, size_t n, float *out)
+{
+    cu_ctx_t *c = ctx;
+    if (cu_enter_ew(c, n))
+        cu_ok(c, cu_launch_geglu(c->stream, gate, up, n, out), "geglu launch");
+}
+
+static void cu_scale(void *ctx, float *x, float a, size_t n)
+{
+    cu_ctx_t *c = ctx;
+    if (cu_enter_ew(c, n))
+        cu_ok(c, cu_launch_scale(c->stream, x, a, n), "scale launch");
+}
+
+static void cu_softcap(void *ctx, float *x, float cap, size_t n)
+{
+    cu_ctx_t *c = ctx;
+    if (cu_enter_ew(c, n))
+        cu_ok(c, cu_launch_softcap(c->stream, x, cap, n), "softcap launch");
+}
+
+static void cu_copy2d(void *ctx, float *dst, int dst_stride, const float *src, int src_stride,
+                      int rows, int cols)
+{
+    cu_ctx_t *c = ctx;
+    if (!cu_enter_rows(c, rows, "copy2d") || cols <= 0)
+        return;
+    cu_ok(c, cu_launch_copy2d(c->stream, dst, dst_stride, src, src_stride, rows, cols),
+          "copy2d launch");
+}
+
+static void cu_axpy(void *ctx, float *x, float a, const float *y, size_t n)
+{
+    cu_ctx_t *c = ctx;
+    if (cu_enter_ew(c, n))
+        cu_ok(c, cu_launch_axpy(c->stream, x, a, y, n), "axpy launch");
+}
+
 static const st_backend_ops_t cuda_ops = {
     .abi_version = ST_BACKEND_ABI_VERSION,
     .name = "cuda",
@@ -629,6 +770,15 @@ static const st_backend_ops_t cuda_ops = {
     .attention = cu_attention,
     .swiglu = cu_swiglu,
     .add = cu_add,
+    /* window, softcap, head_dim_v and kv_stride: cuda_attn.cu */
+    .features = ST_BE_ATTN_EX,
+    .rope_ex = cu_rope_ex,
+    .add_row = cu_add_row,
+    .geglu = cu_geglu,
+    .scale = cu_scale,
+    .softcap = cu_softcap,
+    .copy2d = cu_copy2d,
+    .axpy = cu_axpy,
 };
 
 const st_backend_ops_t *st_backend_cuda_ops(void)

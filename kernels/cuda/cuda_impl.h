@@ -51,6 +51,7 @@ typedef struct cu_weight {
     uint64_t           row_bytes; /* bytes of one device row */
     uint64_t           cols;    /* ne[0] */
     uint64_t           rows;    /* ne[1] * ne[2] * ne[3] */
+    int                alias;   /* dev lies inside another entry's copy (a view): not freed */
 } cu_weight_t;
 
 typedef struct cu_ctx {
@@ -102,13 +103,28 @@ void cu_fail(cu_ctx_t *c, st_status_t status, const char *fmt, ...)
 int  cu_ok(cu_ctx_t *c, cudaError_t e, const char *what);
 int  cu_blas_ok(cu_ctx_t *c, cublasStatus_t s, const char *what);
 
+/* ---- launch parameters (cuda_backend.c) ---- */
+
+/* What rope_ex and attention launch for the table's arguments: the same
+ * checks and derived values (frequency base, YaRN range; widths, stride,
+ * split plan for a device of n_sm SMs with part_floats floats of each
+ * partial buffer). No device access: the host test
+ * (tests/cuda/test_cuda_ext.c) replays the kernels under exactly these.
+ * The device pointers of the index arrays and partial buffers are left
+ * NULL; attention expects positions and slots already checked. */
+st_status_t cu_rope_prepare(const st_rope_args_t *r, cu_rope_launch_t *L, st_error_t *err);
+st_status_t cu_attn_prepare(const st_attn_args_t *a, int n_sm, size_t part_floats,
+                            cu_attn_launch_t *L, st_error_t *err);
+
 /* ---- weights (cuda_weights.c) ---- */
 
 st_status_t cu_weights_load(void *ctx, const st_tensor_t *const *tensors, size_t n,
                             st_error_t *err);
-/* The device copy of t, uploading it now when weights_load did not (a
- * synchronous, allocating path meant for tests and tools). NULL after
- * cu_fail. */
+/* The device copy of t. A tensor weights_load did not see is either a
+ * view of rows of one it did (the per-expert and per-head matrices of a
+ * 3-D tensor, st_bind_views): then it aliases those rows of the uploaded
+ * copy; or it is uploaded now (a synchronous, allocating path meant for
+ * tests and tools). NULL after cu_fail. */
 const cu_weight_t *cu_weight_get(cu_ctx_t *c, const st_tensor_t *t);
 void        cu_weights_free(cu_ctx_t *c);
 

@@ -278,6 +278,48 @@ st_status_t cu_weights_load(void *ctx, const st_tensor_t *const *tensors, size_t
     return ST_OK;
 }
 
+/* An entry for t aliasing whole rows of an uploaded tensor that holds t's
+ * bytes, with the same type and row length (its device form is then the
+ * one upload would choose for t). Returns 1 when one was added. The scan
+ * runs once per view, at its first use. */
+static int alias_view(cu_ctx_t *c, const st_tensor_t *t)
+{
+    const uint8_t *d = t->data;
+    st_error_t err;
+
+    if (!d || t->n_dims < 2 || t->row_bytes == 0 || t->nbytes % t->row_bytes != 0)
+        return 0;
+    for (size_t i = 0; i < c->wmap_cap; i++) {
+        const cu_weight_t *p = &c->wmap[i];
+        const st_tensor_t *k = p->key;
+        const uint8_t *kd;
+        cu_weight_t w;
+
+        if (!k || p->alias || k->n_dims < 2 || k->type != t->type || k->ne[0] != t->ne[0] ||
+            k->row_bytes != t->row_bytes)
+            continue;
+        kd = k->data;
+        if (d < kd || d + t->nbytes > kd + k->nbytes || (size_t)(d - kd) % k->row_bytes != 0)
+            continue;
+        w = *p;
+        w.key = t;
+        w.dev = (uint8_t *)p->dev + (size_t)(d - kd) / k->row_bytes * p->row_bytes;
+        w.rows = t->nbytes / t->row_bytes;
+        w.alias = 1;
+        if (wmap_reserve(c, &err) != ST_OK)   /* may move the entries: p is stale after */
+            return 0;
+        {
+            size_t j = wmap_slot(c, t);
+            while (c->wmap[j].key)
+                j = (j + 1) & (c->wmap_cap - 1);
+            c->wmap[j] = w;
+            c->wmap_n++;
+        }
+        return 1;
+    }
+    return 0;
+}
+
 const cu_weight_t *cu_weight_get(cu_ctx_t *c, const st_tensor_t *t)
 {
     const cu_weight_t *w = wmap_find(c, t);
@@ -289,6 +331,8 @@ const cu_weight_t *cu_weight_get(cu_ctx_t *c, const st_tensor_t *t)
         cu_fail(c, ST_ERR_INVALID, "cuda: NULL weight tensor");
         return NULL;
     }
+    if (alias_view(c, t))
+        return wmap_find(c, t);
     st_debug("cuda", "tensor '%s' was not in weights_load; uploading it now",
              t->name ? t->name : "?");
     if (upload(c, t, &err) != ST_OK) {
@@ -301,7 +345,7 @@ const cu_weight_t *cu_weight_get(cu_ctx_t *c, const st_tensor_t *t)
 void cu_weights_free(cu_ctx_t *c)
 {
     for (size_t i = 0; i < c->wmap_cap; i++)
-        if (c->wmap[i].key)
+        if (c->wmap[i].key && !c->wmap[i].alias)
             cudaFree(c->wmap[i].dev);
     free(c->wmap);
     c->wmap = NULL;

@@ -3,7 +3,12 @@
  * random inputs with odd sizes (ggml's test-backend-ops habit): matmul on
  * both paths (mat-vec for <= 8 rows, cuBLAS above) and every weight type,
  * embedding rows, RMSNorm, RoPE, KV store and attention with and without
- * sequence splitting, SwiGLU and add.
+ * sequence splitting, SwiGLU and add; and the ops for architectures beyond
+ * Llama (rope_ex NORM/NEOX with and without YaRN, add_row, GeGLU, scale,
+ * softcap, copy2d, axpy), attention's extensions (sliding window,
+ * soft-capping, values narrower than keys, a cache row stride: Gemma 3
+ * and DeepSeek's absorbed MLA shapes), per-head RMSNorm over more rows
+ * than max_batch, and matmuls on views of a 3-D weight (experts).
  *
  * Quantized weights run in both device forms: their own blocks (the
  * quantized mat-vec, and dequantized bf16 tiles for cuBLAS) and bf16 from
@@ -23,6 +28,7 @@
 #include "st_util.h"
 
 #ifdef STRATA_HAVE_CUDA
+#include "cuda_kern.h"   /* CU_ATT_FIRST_POS */
 #include "st_cuda.h"
 #include "st_gguf.h"
 
@@ -474,6 +480,397 @@ ST_TEST(cuda_swiglu_add_and_errors)
     }
     close_pair(&pp);
     free(g); free(u); free(ref); free(got);
+#endif
+}
+
+#ifdef STRATA_HAVE_CUDA
+/* A host f32 vector as a 1-D tensor view (bias, norm weight). */
+static void vec_tensor(st_tensor_t *t, const char *name, float *data, int n)
+{
+    memset(t, 0, sizeof *t);
+    t->name = name;
+    t->type = ST_DTYPE_F32;
+    t->n_dims = 1;
+    t->ne[0] = (uint64_t)n;
+    t->ne[1] = t->ne[2] = t->ne[3] = 1;
+    t->row_bytes = t->nbytes = (uint64_t)n * 4;
+    t->data = data;
+}
+
+static size_t n_differ(const float *a, const float *b, size_t n)
+{
+    size_t d = 0;
+    for (size_t i = 0; i < n; i++)
+        d += memcmp(&a[i], &b[i], 4) != 0;
+    return d;
+}
+
+/* rel() skips NaN (fmax), so outputs that must be finite are counted too. */
+static size_t n_nonfinite(const float *a, size_t n)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        k += !isfinite(a[i]);
+    return k;
+}
+#endif
+
+ST_TEST(cuda_rope_ex_vs_cpu)
+{
+#ifndef STRATA_HAVE_CUDA
+    ST_SKIP("built without CUDA");
+#else
+    /* rows of n_heads heads (head_stride apart) plus padding; offset and
+     * rope_dim inside the head; YaRN cases at DeepSeek-like numbers */
+    static const struct {
+        const char *name;
+        int n_heads, head_stride, offset, rope_dim, pad;
+        float theta, freq_scale, ext_factor, mscale;
+        int n_ctx_orig;
+    } cases[] = {
+        {"full128", 4, 128, 0, 128, 0, 500000.0f, 1.0f, 0.0f, 1.0f, 0},
+        {"gemma256", 2, 256, 0, 256, 0, 1000000.0f, 0.125f, 0.0f, 1.0f, 0},
+        {"offset", 3, 48, 32, 16, 5, 10000.0f, 1.0f, 0.0f, 1.0f, 0},
+        {"yarn64", 4, 192, 128, 64, 0, 10000.0f, 0.025f, 1.0f, 1.3689f, 4096},
+        {"yarn16", 1, 48, 32, 16, 3, 10000.0f, 0.25f, 1.0f, 1.0f, 64},
+        {"yarn128", 2, 128, 0, 128, 0, 1000000.0f, 0.125f, 0.5f, 1.2079f, 8192},
+    };
+    enum { N = 37 };
+    int32_t pos[N];
+    pair_t pp;
+    uint64_t s = 41;
+    NEED_GPU(&pp, 64, 1024);
+    for (int i = 0; i < N; i++)
+        pos[i] = i < 4 ? (int32_t[]){0, 1, 8191, 8192}[i] : (int32_t)(kt_rng(&s) % 8193);
+    for (size_t ci = 0; ci < ST_ARRAY_SIZE(cases); ci++)
+        for (int neox = 0; neox < 2; neox++) {
+            const int row = cases[ci].n_heads * cases[ci].head_stride + cases[ci].pad;
+            const size_t len = (size_t)N * row;
+            float *x = malloc(len * 4), *ref = malloc(len * 4), *got = malloc(len * 4);
+            ST_REQUIRE(x && ref && got);
+            kt_fill(x, len, 2.0f, &s);
+            float *xc = put(&pp.cpu, x, len), *xg = put(&pp.gpu, x, len);
+            ST_REQUIRE(xc && xg);
+            st_rope_args_t r = {
+                .n = N, .row_stride = row, .n_heads = cases[ci].n_heads,
+                .head_stride = cases[ci].head_stride, .offset = cases[ci].offset,
+                .rope_dim = cases[ci].rope_dim, .pos = pos, .neox = neox,
+                .theta = cases[ci].theta, .freq_scale = cases[ci].freq_scale,
+                .ext_factor = cases[ci].ext_factor, .beta_fast = 32.0f, .beta_slow = 1.0f,
+                .n_ctx_orig = cases[ci].n_ctx_orig, .mscale = cases[ci].mscale,
+            };
+            r.x = xc;
+            pp.cpu.ops->rope_ex(pp.cpu.ctx, &r);
+            r.x = xg;
+            pp.gpu.ops->rope_ex(pp.gpu.ctx, &r);
+            ST_REQUIRE(get(&pp.cpu, ref, xc, len) == 0);
+            ST_REQUIRE(get(&pp.gpu, got, xg, len) == 0);
+            /* Same operations in the same order (cuda_ext.cuh): only the
+             * device's double cos/sin (2 ulp) can move a float's last bit. */
+            double rr = rel(got, ref, len);
+            size_t d = n_differ(got, ref, len);
+            ST_CHECK_MSG(rr < 1e-6, "%s %s: rel %.3g", cases[ci].name, neox ? "neox" : "norm", rr);
+            fprintf(stderr, "  rope_ex %-8s %s: rel %.2g, %zu of %zu floats not bit-identical\n",
+                    cases[ci].name, neox ? "neox" : "norm", rr, d, len);
+            pp.cpu.ops->free(pp.cpu.ctx, xc);
+            pp.gpu.ops->free(pp.gpu.ctx, xg);
+            free(x); free(ref); free(got);
+        }
+    /* refused as the CPU backend refuses, reported by the next sync */
+    {
+        float *xg = pp.gpu.ops->alloc(pp.gpu.ctx, 64 * 4);
+        st_rope_args_t r = {.x = xg, .n = 1, .row_stride = 64, .n_heads = 1, .head_stride = 64,
+                            .offset = 8, .rope_dim = 64, .pos = pos, .theta = 10000.0f,
+                            .freq_scale = 1.0f, .mscale = 1.0f};
+        ST_REQUIRE(xg);
+        pp.gpu.ops->rope_ex(pp.gpu.ctx, &r);
+        ST_CHECK(pp.gpu.ops->sync(pp.gpu.ctx) == ST_ERR_INVALID);
+        pp.gpu.ops->free(pp.gpu.ctx, xg);
+    }
+    close_pair(&pp);
+#endif
+}
+
+ST_TEST(cuda_ext_elementwise_vs_cpu)
+{
+#ifndef STRATA_HAVE_CUDA
+    ST_SKIP("built without CUDA");
+#else
+    const size_t n = 1000003;
+    enum { ROWS = 70001, COLS = 3, BN = 5, BDIM = 1000 };   /* copy2d: more rows than grid.y */
+    pair_t pp;
+    uint64_t s = 43;
+    NEED_GPU(&pp, 8, 64);
+    float *g = malloc(n * 4), *u = malloc(n * 4), *ref = malloc(n * 4), *got = malloc(n * 4);
+    float bias[BDIM];
+    st_tensor_t bt;
+    ST_REQUIRE(g && u && ref && got);
+    kt_fill(g, n, 12.0f, &s);
+    kt_fill(u, n, 1.0f, &s);
+    kt_fill(bias, BDIM, 1.0f, &s);
+    vec_tensor(&bt, "test.bias", bias, BDIM);
+    st_backend_t *bs[2] = {&pp.cpu, &pp.gpu};
+    float *outs[2] = {ref, got};
+
+    ST_CHECK(pp.gpu.ops->features & ST_BE_ATTN_EX);
+    ST_CHECK(pp.gpu.ops->rope_ex && pp.gpu.ops->add_row && pp.gpu.ops->geglu &&
+             pp.gpu.ops->scale && pp.gpu.ops->softcap && pp.gpu.ops->copy2d && pp.gpu.ops->axpy);
+
+    /* geglu (GELU tanh form), then softcap of the result as logits */
+    for (int b = 0; b < 2; b++) {
+        float *dg = put(bs[b], g, n), *du = put(bs[b], u, n);
+        ST_REQUIRE(dg && du);
+        bs[b]->ops->geglu(bs[b]->ctx, dg, du, n, dg);   /* in place, as the executor does */
+        ST_REQUIRE(get(bs[b], outs[b], dg, n) == 0);
+        bs[b]->ops->free(bs[b]->ctx, dg);
+        bs[b]->ops->free(bs[b]->ctx, du);
+    }
+    ST_CHECK_MSG(rel(got, ref, n) < 1e-6, "geglu rel %.3g", rel(got, ref, n));
+    fprintf(stderr, "  geglu: rel %.2g\n", rel(got, ref, n));
+    for (int b = 0; b < 2; b++) {
+        float *dx = put(bs[b], g, n);
+        ST_REQUIRE(dx);
+        bs[b]->ops->scale(bs[b]->ctx, dx, 2.5f, n);         /* logits up to 30 */
+        bs[b]->ops->softcap(bs[b]->ctx, dx, 15.0f, n);
+        ST_REQUIRE(get(bs[b], outs[b], dx, n) == 0);
+        bs[b]->ops->free(bs[b]->ctx, dx);
+    }
+    ST_CHECK_MSG(rel(got, ref, n) < 1e-6, "scale + softcap rel %.3g", rel(got, ref, n));
+    fprintf(stderr, "  scale + softcap: rel %.2g, %zu of %zu not bit-identical\n",
+            rel(got, ref, n), n_differ(got, ref, n), n);
+    /* axpy: one rounding on both (the CPU's SIMD kernels fuse too) */
+    for (int b = 0; b < 2; b++) {
+        float *dx = put(bs[b], u, n), *dy = put(bs[b], g, n);
+        ST_REQUIRE(dx && dy);
+        bs[b]->ops->axpy(bs[b]->ctx, dx, -0.3711f, dy, n);
+        ST_REQUIRE(get(bs[b], outs[b], dx, n) == 0);
+        bs[b]->ops->free(bs[b]->ctx, dx);
+        bs[b]->ops->free(bs[b]->ctx, dy);
+    }
+    ST_CHECK_MSG(rel(got, ref, n) < 1e-6, "axpy rel %.3g", rel(got, ref, n));
+    fprintf(stderr, "  axpy: %zu of %zu not bit-identical (0 expected on an AVX2/AVX-512 host)\n",
+            n_differ(got, ref, n), n);
+    /* add_row: exact */
+    for (int b = 0; b < 2; b++) {
+        float *dx = put(bs[b], u, (size_t)BN * BDIM);
+        ST_REQUIRE(dx);
+        bs[b]->ops->add_row(bs[b]->ctx, dx, &bt, BN, BDIM);
+        ST_REQUIRE(get(bs[b], outs[b], dx, (size_t)BN * BDIM) == 0);
+        bs[b]->ops->free(bs[b]->ctx, dx);
+    }
+    ST_CHECK(memcmp(got, ref, (size_t)BN * BDIM * 4) == 0);
+    /* copy2d: a column block of rows 7 apart into rows 4 apart at an offset */
+    for (int b = 0; b < 2; b++) {
+        float *src = put(bs[b], g, (size_t)ROWS * 7), *dst = put(bs[b], u, (size_t)ROWS * 4 + 1);
+        ST_REQUIRE(src && dst);
+        bs[b]->ops->copy2d(bs[b]->ctx, dst + 1, 4, src + 2, 7, ROWS, COLS);
+        ST_REQUIRE(get(bs[b], outs[b], dst, (size_t)ROWS * 4 + 1) == 0);
+        bs[b]->ops->free(bs[b]->ctx, src);
+        bs[b]->ops->free(bs[b]->ctx, dst);
+    }
+    ST_CHECK(memcmp(got, ref, ((size_t)ROWS * 4 + 1) * 4) == 0);
+    /* a bias the CPU refuses (not f32) is refused, once, by the next sync */
+    {
+        uint16_t h[BDIM];
+        st_tensor_t b16 = bt;
+        float *dx = pp.gpu.ops->alloc(pp.gpu.ctx, BDIM * 4);
+        ST_REQUIRE(dx);
+        memset(h, 0, sizeof h);
+        b16.type = ST_DTYPE_F16;
+        b16.row_bytes = b16.nbytes = sizeof h;
+        b16.data = h;
+        pp.gpu.ops->add_row(pp.gpu.ctx, dx, &b16, 1, BDIM);
+        ST_CHECK(pp.gpu.ops->sync(pp.gpu.ctx) == ST_ERR_INVALID);
+        ST_CHECK(pp.gpu.ops->sync(pp.gpu.ctx) == ST_OK);
+        pp.gpu.ops->free(pp.gpu.ctx, dx);
+    }
+    close_pair(&pp);
+    free(g); free(u); free(ref); free(got);
+#endif
+}
+
+ST_TEST(cuda_attention_extensions_vs_cpu)
+{
+#ifndef STRATA_HAVE_CUDA
+    ST_SKIP("built without CUDA");
+#else
+    /* window, softcap, values narrower than keys, padded rows, shared K/V
+     * (MLA: 576-wide keys, the first 512 floats as values, one KV head) */
+    static const struct {
+        const char *name;
+        int n_head, n_head_kv, hd, hv, stride, window;
+        float softcap;
+        int shared;
+    } cases[] = {
+        {"gqa-window-softcap", 8, 2, 40, 0, 0, 7, 50.0f, 0},
+        {"hv64-stride300", 4, 2, 128, 64, 300, 33, 20.0f, 0},
+        {"mla576", 16, 1, 576, 512, 576, 0, 0.0f, 1},
+        {"hd256-window512", 4, 1, 256, 0, 0, 512, 0.0f, 0},
+        {"hv96-hd48", 2, 2, 48, 96, 192, 0, 0.0f, 0},
+    };
+    enum { NCTX = 2100, NS = 3, NT = 24 };
+    int32_t slot[NT], pos[NT];
+    int n = 0;
+    pair_t pp;
+    uint64_t s = 47;
+    NEED_GPU(&pp, 32, 16 * 576);
+    for (int i = 0; i < 20; i++, n++) {   /* a prefill chunk ... */
+        slot[n] = 0;
+        pos[n] = 1000 + i;
+    }
+    slot[n] = 1; pos[n++] = 2047;         /* ... and decode tokens, deep and shallow */
+    slot[n] = 2; pos[n++] = 5;
+    slot[n] = 1; pos[n++] = 2048;
+    slot[n] = 2; pos[n++] = 0;
+    for (size_t ci = 0; ci < ST_ARRAY_SIZE(cases); ci++) {
+        const int hd = cases[ci].hd, hv = cases[ci].hv ? cases[ci].hv : hd;
+        const int stride = cases[ci].stride ? cases[ci].stride : cases[ci].n_head_kv * hd;
+        const size_t cache_n = (size_t)NS * NCTX * stride;
+        const size_t q_n = (size_t)NT * cases[ci].n_head * hd;
+        const size_t o_n = (size_t)NT * cases[ci].n_head * hv;
+        float *kc = malloc(cache_n * 4), *vc = malloc(cache_n * 4), *q = malloc(q_n * 4);
+        float *ref = malloc(o_n * 4), *got = malloc(o_n * 4);
+        ST_REQUIRE(kc && vc && q && ref && got);
+        kt_fill(kc, cache_n, 1.0f, &s);
+        kt_fill(vc, cache_n, 1.0f, &s);
+        kt_fill(q, q_n, 2.0f, &s);
+        /* Positions no token may read hold NaN: rows past each slot's last
+         * position, and (windowed) rows before its first window. */
+        for (int sl = 0; sl < NS; sl++) {
+            int lo = NCTX, hi = -1;
+            for (int t = 0; t < n; t++)
+                if (slot[t] == sl) {
+                    lo = ST_MIN(lo, CU_ATT_FIRST_POS(pos[t], cases[ci].window));
+                    hi = ST_MAX(hi, pos[t]);
+                }
+            for (int p = 0; p < NCTX; p++)
+                if (p < lo || p > hi)
+                    for (int j = 0; j < stride; j++) {
+                        kc[((size_t)sl * NCTX + p) * stride + j] = NAN;
+                        vc[((size_t)sl * NCTX + p) * stride + j] = NAN;
+                    }
+        }
+        float *kcc = put(&pp.cpu, kc, cache_n), *kcg = put(&pp.gpu, kc, cache_n);
+        float *vcc = cases[ci].shared ? kcc : put(&pp.cpu, vc, cache_n);
+        float *vcg = cases[ci].shared ? kcg : put(&pp.gpu, vc, cache_n);
+        float *qc = put(&pp.cpu, q, q_n), *qg = put(&pp.gpu, q, q_n);
+        float *oc = pp.cpu.ops->alloc(pp.cpu.ctx, o_n * 4);
+        float *og = pp.gpu.ops->alloc(pp.gpu.ctx, o_n * 4);
+        ST_REQUIRE(kcc && kcg && vcc && vcg && qc && qg && oc && og);
+        /* the whole batch (prefill and decode together), then the decode
+         * tokens alone (split over the sequence) */
+        for (int part = 0; part < 2; part++) {
+            const int t0 = part ? 20 : 0, nt = part ? n - 20 : n;
+            st_attn_args_t a = {
+                .n_tokens = nt, .n_head = cases[ci].n_head, .n_head_kv = cases[ci].n_head_kv,
+                .head_dim = hd, .n_ctx = NCTX, .slot = slot + t0, .pos = pos + t0,
+                .scale = 1.0f / sqrtf((float)hd), .window = cases[ci].window,
+                .softcap = cases[ci].softcap, .head_dim_v = cases[ci].hv,
+                .kv_stride = cases[ci].stride,
+            };
+            const size_t qo = (size_t)t0 * cases[ci].n_head * hd;
+            const size_t oo = (size_t)nt * cases[ci].n_head * hv;
+            a.q = qc + qo; a.k_cache = kcc; a.v_cache = vcc; a.out = oc;
+            pp.cpu.ops->attention(pp.cpu.ctx, &a);
+            a.q = qg + qo; a.k_cache = kcg; a.v_cache = vcg; a.out = og;
+            pp.gpu.ops->attention(pp.gpu.ctx, &a);
+            ST_REQUIRE(get(&pp.cpu, ref, oc, oo) == 0);
+            ST_REQUIRE(get(&pp.gpu, got, og, oo) == 0);
+            double r = rel(got, ref, oo);
+            /* a read of a poisoned row or column would show as NaN */
+            ST_CHECK_MSG(n_nonfinite(ref, oo) == 0 && n_nonfinite(got, oo) == 0,
+                         "%s: %zu cpu / %zu cuda outputs not finite", cases[ci].name,
+                         n_nonfinite(ref, oo), n_nonfinite(got, oo));
+            ST_CHECK_MSG(r < 1e-5, "%s %s: rel %.3g", cases[ci].name, part ? "decode" : "batch",
+                         r);
+            fprintf(stderr, "  attention %-20s %s: rel %.2g\n", cases[ci].name,
+                    part ? "decode" : "batch ", r);
+        }
+        pp.cpu.ops->free(pp.cpu.ctx, kcc); pp.gpu.ops->free(pp.gpu.ctx, kcg);
+        if (!cases[ci].shared) {
+            pp.cpu.ops->free(pp.cpu.ctx, vcc);
+            pp.gpu.ops->free(pp.gpu.ctx, vcg);
+        }
+        pp.cpu.ops->free(pp.cpu.ctx, qc); pp.gpu.ops->free(pp.gpu.ctx, qg);
+        pp.cpu.ops->free(pp.cpu.ctx, oc); pp.gpu.ops->free(pp.gpu.ctx, og);
+        free(kc); free(vc); free(q); free(ref); free(got);
+    }
+    close_pair(&pp);
+#endif
+}
+
+/* Per-head norms (Gemma 3, Qwen3) run n_tokens * n_head rows; matmuls on
+ * the per-expert views of a 3-D weight reuse its uploaded blocks. */
+ST_TEST(cuda_head_norm_rows_and_weight_views)
+{
+#ifndef STRATA_HAVE_CUDA
+    ST_SKIP("built without CUDA");
+#else
+    enum { B = 16, H = 16, HD = 64, E = 4, ROWS = 96, COLS = 256 };
+    float x[B * H * HD], ref[B * H * HD], got[B * H * HD], wv[HD];
+    st_tensor_t nw, w3, views[E];
+    pair_t pp;
+    uint64_t s = 53;
+    NEED_GPU(&pp, B, COLS);
+    kt_fill(x, B * H * HD, 3.0f, &s);
+    for (int i = 0; i < HD; i++)
+        wv[i] = 1.0f + 0.2f * kt_uniform(&s);
+    vec_tensor(&nw, "test.q_norm", wv, HD);
+    {
+        float *xc = put(&pp.cpu, x, B * H * HD), *xg = put(&pp.gpu, x, B * H * HD);
+        ST_REQUIRE(xc && xg);
+        pp.cpu.ops->rmsnorm(pp.cpu.ctx, xc, &nw, 1e-6f, B * H, HD, xc);
+        pp.gpu.ops->rmsnorm(pp.gpu.ctx, xg, &nw, 1e-6f, B * H, HD, xg);   /* > max_batch rows */
+        ST_REQUIRE(get(&pp.cpu, ref, xc, B * H * HD) == 0);
+        ST_REQUIRE(get(&pp.gpu, got, xg, B * H * HD) == 0);
+        ST_CHECK_MSG(rel(got, ref, B * H * HD) < 1e-5, "per-head rmsnorm rel %.3g",
+                     rel(got, ref, B * H * HD));
+        pp.cpu.ops->free(pp.cpu.ctx, xc);
+        pp.gpu.ops->free(pp.gpu.ctx, xg);
+    }
+    /* A [COLS, ROWS, E] Q4_K tensor, uploaded whole, and its E views. */
+    ST_REQUIRE(kt_make_weight(&w3, ST_DTYPE_Q4_K, ROWS * E, COLS, &s) == 0);
+    w3.n_dims = 3;
+    w3.ne[1] = ROWS;
+    w3.ne[2] = E;
+    for (int e = 0; e < E; e++) {
+        views[e] = w3;
+        views[e].n_dims = 2;
+        views[e].ne[2] = 1;
+        views[e].nbytes = w3.row_bytes * ROWS;
+        views[e].data = (const uint8_t *)w3.data + (size_t)e * views[e].nbytes;
+    }
+    {
+        const st_tensor_t *list[1] = {&w3};
+        st_error_t err;
+        ST_REQUIRE(pp.gpu.ops->weights_load(pp.gpu.ctx, list, 1, &err) == ST_OK);
+    }
+    /* 1 and 8 rows: the quantized mat-vec; 12: bf16 tiles and cuBLAS */
+    for (int e = 0; e < E; e++)
+        for (int ni = 0; ni < 3; ni++) {
+            const int nb = (int[]){1, 8, 12}[ni];
+            float xin[B * COLS], yr[B * ROWS], yg[B * ROWS];
+            kt_fill(xin, (size_t)nb * COLS, 1.0f, &s);
+            float *xc = put(&pp.cpu, xin, (size_t)nb * COLS);
+            float *xg = put(&pp.gpu, xin, (size_t)nb * COLS);
+            float *oc = pp.cpu.ops->alloc(pp.cpu.ctx, (size_t)nb * ROWS * 4);
+            float *og = pp.gpu.ops->alloc(pp.gpu.ctx, (size_t)nb * ROWS * 4);
+            ST_REQUIRE(xc && xg && oc && og);
+            pp.cpu.ops->matmul(pp.cpu.ctx, &views[e], xc, nb, oc);
+            pp.gpu.ops->matmul(pp.gpu.ctx, &views[e], xg, nb, og);
+            ST_REQUIRE(get(&pp.cpu, yr, oc, (size_t)nb * ROWS) == 0);
+            ST_REQUIRE(get(&pp.gpu, yg, og, (size_t)nb * ROWS) == 0);
+            ST_CHECK_MSG(rel(yg, yr, (size_t)nb * ROWS) < 2e-2, "expert %d n %d: rel %.3g", e, nb,
+                         rel(yg, yr, (size_t)nb * ROWS));
+            if (nb <= 8)
+                ST_CHECK_MSG(rel_exact(yg, &views[e], xin, nb) < 1e-5, "expert %d n %d: rel "
+                             "%.3g against the exact product", e, nb,
+                             rel_exact(yg, &views[e], xin, nb));
+            pp.cpu.ops->free(pp.cpu.ctx, xc); pp.cpu.ops->free(pp.cpu.ctx, oc);
+            pp.gpu.ops->free(pp.gpu.ctx, xg); pp.gpu.ops->free(pp.gpu.ctx, og);
+        }
+    close_pair(&pp);
+    free((void *)w3.data);
 #endif
 }
 
