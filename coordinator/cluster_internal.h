@@ -160,6 +160,12 @@ struct st_cluster {
     /* local mode */
     pid_t            children[CL_MAX_CHILDREN];
     uint32_t         n_children;
+    /* restart back-off (control thread; the counts under lock for cl_info) */
+    uint32_t         child_fails[CL_MAX_CHILDREN];     /* deaths in a row */
+    uint64_t         child_started_ns[CL_MAX_CHILDREN];
+    uint64_t         child_respawn_ns[CL_MAX_CHILDREN]; /* 0: none pending */
+    uint64_t         restarts_total;
+    uint32_t         restarts_pending;
     char             secret_hex[2 * ST_CTRL_SECRET_MAX + 1];
     char             bin[ST_CTRL_PATH_MAX];
     char             log_copy[ST_CTRL_PATH_MAX];

@@ -118,18 +118,62 @@ st_status_t cl_spawn(st_cluster_t *c, uint32_t index, st_error_t *err)
         _exit(127);
     }
     c->children[index] = pid;
+    c->child_started_ns[index] = st_now_ns();
     st_info(MOD, "started local worker %s (pid %d)", name, (int)pid);
     return ST_OK;
 }
 
-/* Called by the control thread: reaps dead children and restarts them. */
+/* Restart back-off: a worker that dies again and again (a bad host, a
+ * poisoned input, an attacker) is restarted after 0.25 s, 0.5 s, 1 s, ...
+ * up to 30 s, so a crash loop costs little CPU and cannot flood the plan
+ * with joins; one that ran for a minute starts a fresh count. */
+#define CL_RESPAWN_MIN_MS  250u
+#define CL_RESPAWN_MAX_MS  30000u
+#define CL_RESPAWN_STABLE_NS (60ull * 1000000000ull)
+
+static uint64_t respawn_delay_ms(uint32_t fails)
+{
+    uint64_t d = CL_RESPAWN_MIN_MS;
+    for (uint32_t i = 1; i < fails && d < CL_RESPAWN_MAX_MS; i++)
+        d *= 2;
+    return d < CL_RESPAWN_MAX_MS ? d : CL_RESPAWN_MAX_MS;
+}
+
+static void count_pending(st_cluster_t *c, int restarted)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < c->n_children; i++)
+        n += c->child_respawn_ns[i] != 0;
+    pthread_mutex_lock(&c->lock);
+    c->restarts_pending = n;
+    c->restarts_total += (uint64_t)restarted;
+    pthread_mutex_unlock(&c->lock);
+}
+
+/* Called by the control thread: reaps dead children and restarts them
+ * once their back-off has passed. */
 void cl_local_check(st_cluster_t *c)
 {
+    uint64_t now = st_now_ns();
+    int changed = 0, restarted = 0;
+
     for (uint32_t i = 0; i < c->n_children; i++) {
         int status;
         pid_t r;
-        if (c->children[i] <= 0)
+        if (c->children[i] <= 0) {
+            if (c->child_respawn_ns[i] && now >= c->child_respawn_ns[i] &&
+                !atomic_load(&c->stop)) {
+                st_error_t err;
+                st_error_clear(&err);
+                c->child_respawn_ns[i] = 0;
+                changed = 1;
+                if (cl_spawn(c, i, &err) != ST_OK)
+                    st_error(MOD, "%s", err.msg);
+                else
+                    restarted++;
+            }
             continue;
+        }
         r = waitpid(c->children[i], &status, WNOHANG);
         if (r != c->children[i])
             continue;
@@ -141,12 +185,18 @@ void cl_local_check(st_cluster_t *c)
         if (WIFEXITED(status) && WEXITSTATUS(status) == 127)
             continue;   /* could not even start: respawning would spin */
         if (c->p.respawn && !atomic_load(&c->stop)) {
-            st_error_t err;
-            st_error_clear(&err);
-            if (cl_spawn(c, i, &err) != ST_OK)
-                st_error(MOD, "%s", err.msg);
+            if (now - c->child_started_ns[i] > CL_RESPAWN_STABLE_NS)
+                c->child_fails[i] = 0;
+            c->child_fails[i]++;
+            uint64_t ms = respawn_delay_ms(c->child_fails[i]);
+            c->child_respawn_ns[i] = now + ms * 1000000ull;
+            changed = 1;
+            st_warn(MOD, "local worker local-%u: died %u time(s) in a row; restarting it in "
+                    "%.2f s", i, c->child_fails[i], (double)ms / 1000.0);
         }
     }
+    if (changed)
+        count_pending(c, restarted);
 }
 
 void cl_local_stop(st_cluster_t *c)

@@ -535,6 +535,8 @@ static void cl_info(void *ctx, st_pipeline_info_t *out)
     out->max_batch = c->p.max_batch;
     out->healthy = c->state == C_RUNNING;
     snprintf(out->detail, sizeof(out->detail), "cluster %s", c->detail);
+    out->worker_restarts = c->restarts_total;
+    out->workers_restart_pending = c->restarts_pending;
     pthread_mutex_unlock(&c->lock);
 }
 

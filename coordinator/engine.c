@@ -878,6 +878,8 @@ void st_engine_stats(st_engine_t *e, st_engine_stats_t *out)
     e->pipe.ops->info(e->pipe.ctx, &info);
     out->healthy = info.healthy;
     memcpy(out->detail, info.detail, sizeof(out->detail));
+    out->worker_restarts = info.worker_restarts;
+    out->workers_restart_pending = info.workers_restart_pending;
 }
 
 const st_tokenizer_t *st_engine_tokenizer(const st_engine_t *e) { return e->tok; }

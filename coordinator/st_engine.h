@@ -107,6 +107,8 @@ typedef struct st_engine_stats {
     uint64_t step_ns_total;      /* time in pipeline steps */
     int      healthy;
     char     detail[256];
+    uint64_t worker_restarts;          /* from the pipeline (cluster: local workers) */
+    uint32_t workers_restart_pending;
 } st_engine_stats_t;
 
 st_engine_params_t st_engine_default_params(void);

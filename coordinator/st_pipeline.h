@@ -50,6 +50,8 @@ typedef struct st_pipeline_info {
     uint32_t max_batch;
     int      healthy;        /* 0 when a stage is down */
     char     detail[256];    /* human-readable: stages, hosts, reason if unhealthy */
+    uint64_t worker_restarts;        /* local workers restarted after dying, in total */
+    uint32_t workers_restart_pending;/* local workers dead and waiting out a back-off */
 } st_pipeline_info_t;
 
 typedef struct st_pipeline_ops {

@@ -167,6 +167,11 @@ char *st_http_metrics_render(const st_http_metrics_t *m, const st_http_metrics_v
                es->healthy ? 1.0 : 0.0);
         scalar(&b, "strata_sequences_replayed_total", "counter",
                "Sequences replayed after the pipeline lost a stage.", (double)es->replays);
+        scalar(&b, "strata_worker_restarts_total", "counter",
+               "Local workers restarted after they died.", (double)es->worker_restarts);
+        scalar(&b, "strata_workers_restart_pending", "gauge",
+               "Local workers dead and waiting out their restart back-off.",
+               (double)es->workers_restart_pending);
     }
     head(&b, "strata_stage_compute_seconds_total", "counter",
          "Compute time spent by each pipeline stage.");

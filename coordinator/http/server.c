@@ -286,12 +286,19 @@ static void h_health(st_http_server_t *s, struct evhttp_request *req, rinfo_t *r
         reply_json(s, req, ri, 503, json_pack("{s:s,s:s}", "status", "unavailable", "reason",
                                               "draining: the server is shutting down"));
     else if (!es.healthy)
-        reply_json(s, req, ri, 503, json_pack("{s:s,s:s}", "status", "unavailable", "reason",
-                                              es.detail[0] ? es.detail : "a pipeline stage is down"));
+        reply_json(s, req, ri, 503, json_pack("{s:s,s:s,s:I,s:i}", "status", "unavailable",
+                                              "reason",
+                                              es.detail[0] ? es.detail : "a pipeline stage is down",
+                                              "worker_restarts", (json_int_t)es.worker_restarts,
+                                              "workers_restart_pending",
+                                              (int)es.workers_restart_pending));
     else
-        reply_json(s, req, ri, 200, json_pack("{s:s,s:s,s:i,s:i}", "status", "ok", "model",
-                                              s->model_name, "running", (int)es.running,
-                                              "queued", (int)es.queued));
+        reply_json(s, req, ri, 200, json_pack("{s:s,s:s,s:i,s:i,s:I,s:i}", "status", "ok",
+                                              "model", s->model_name, "running", (int)es.running,
+                                              "queued", (int)es.queued, "worker_restarts",
+                                              (json_int_t)es.worker_restarts,
+                                              "workers_restart_pending",
+                                              (int)es.workers_restart_pending));
 }
 
 static void h_metrics(st_http_server_t *s, struct evhttp_request *req, rinfo_t *ri)
