@@ -129,6 +129,68 @@ def tiny_llama(skip_tensor=None, arch="llama", head_count_kv=1) -> G:
     return g
 
 
+def tiny_arch(arch: str) -> G:
+    """Valid tiny files of the other families, for the fuzz seeds: gemma3
+    (Q/K norms, post-norms, a sliding window) and deepseek2 (MLA, one dense
+    and one MoE layer with a shared expert and the V3 selection bias), dim
+    32, vocab 8, f16 matrices."""
+    g = G()
+    g.kv_str("general.architecture", arch)
+    g.kv_str("general.name", f"fuzz-seed-{arch}")
+    a = arch + "."
+    n_layer = 2 if arch == "deepseek2" else 1
+    keys = [("block_count", n_layer), ("embedding_length", 32), ("feed_forward_length", 32),
+            ("attention.head_count", 2), ("context_length", 128)]
+    if arch == "gemma3":
+        keys += [("attention.head_count_kv", 1), ("attention.key_length", 16),
+                 ("attention.value_length", 16), ("attention.sliding_window", 8)]
+    else:
+        keys += [("attention.head_count_kv", 1), ("attention.kv_lora_rank", 16),
+                 ("attention.key_length", 24), ("attention.value_length", 16),
+                 ("attention.key_length_mla", 16), ("attention.value_length_mla", 8),
+                 ("rope.dimension_count", 8), ("leading_dense_block_count", 1),
+                 ("expert_count", 4), ("expert_used_count", 2), ("expert_shared_count", 1),
+                 ("expert_feed_forward_length", 16), ("expert_gating_func", 2)]
+    for k, v in keys:
+        g.kv_u32(a + k, v)
+    g.kv_f32(a + "attention.layer_norm_rms_epsilon", 1e-6)
+    if arch == "deepseek2":
+        g.kv_f32(a + "expert_weights_scale", 2.5)
+    g.kv_str("tokenizer.ggml.model", "llama")
+    g.kv_arr_str("tokenizer.ggml.tokens", TOKENS)
+    g.kv_arr_i32("tokenizer.ggml.token_type", TYPES)
+    g.kv_u32("tokenizer.ggml.bos_token_id", 1)
+    g.kv_u32("tokenizer.ggml.eos_token_id", 2)
+    shapes = [("token_embd.weight", [32, 8]), ("output_norm.weight", [32])]
+    for i in range(n_layer):
+        b = f"blk.{i}."
+        shapes.append((b + "attn_norm.weight", [32]))
+        if arch == "gemma3":
+            shapes += [(b + "attn_q.weight", [32, 32]), (b + "attn_k.weight", [32, 16]),
+                       (b + "attn_v.weight", [32, 16]), (b + "attn_q_norm.weight", [16]),
+                       (b + "attn_k_norm.weight", [16]), (b + "attn_output.weight", [32, 32]),
+                       (b + "post_attention_norm.weight", [32]), (b + "post_ffw_norm.weight", [32])]
+        else:
+            shapes += [(b + "attn_q.weight", [32, 32]), (b + "attn_kv_a_mqa.weight", [32, 24]),
+                       (b + "attn_kv_a_norm.weight", [16]), (b + "attn_k_b.weight", [8, 16, 2]),
+                       (b + "attn_v_b.weight", [16, 8, 2]), (b + "attn_output.weight", [16, 32])]
+        shapes.append((b + "ffn_norm.weight", [32]))
+        if arch == "deepseek2" and i >= 1:
+            shapes += [(b + "ffn_gate_inp.weight", [32, 4]), (b + "exp_probs_b.bias", [4]),
+                       (b + "ffn_gate_exps.weight", [32, 16, 4]),
+                       (b + "ffn_up_exps.weight", [32, 16, 4]),
+                       (b + "ffn_down_exps.weight", [16, 32, 4]),
+                       (b + "ffn_gate_shexp.weight", [32, 16]),
+                       (b + "ffn_up_shexp.weight", [32, 16]),
+                       (b + "ffn_down_shexp.weight", [16, 32])]
+        else:
+            shapes += [(b + "ffn_gate.weight", [32, 32]), (b + "ffn_up.weight", [32, 32]),
+                       (b + "ffn_down.weight", [32, 32])]
+    for name, ne in shapes:
+        g.tensor(name, ne, T_F32 if len(ne) == 1 else T_F16)
+    return g
+
+
 def replace_kv(g: G, key: str, t: int, val: bytes) -> G:
     g.kvs = [(k, t, val) if k == key.encode() else (k, kt, v) for k, kt, v in g.kvs]
     return g
@@ -319,7 +381,9 @@ def write_corpus():
     g.kv("x.f64", F64, struct.pack("<d", 0.5))
     g.kv("x.i16", I16, struct.pack("<h", -3))
     (seeds / "tiny_llama_value_types.bin").write_bytes(g.build())
-    print(f"wrote {len(CASES)} files to {out} and 3 seeds to {seeds}")
+    for arch in ("gemma3", "deepseek2"):
+        (seeds / f"tiny_{arch}.bin").write_bytes(tiny_arch(arch).build())
+    print(f"wrote {len(CASES)} files to {out} and 5 seeds to {seeds}")
 
 
 if __name__ == "__main__":
