@@ -27,6 +27,7 @@ st_http_config_t st_http_config_default(void)
     c.user_burst = 10.0;
     c.drain_timeout_s = 30;
     c.default_max_tokens = 256;
+    c.agent_port = -1;
     return c;
 }
 
@@ -49,7 +50,9 @@ const char *st_http_config_usage(void)
         "  --max-n N                most choices per request (default 4)\n"
         "  --user-rate R            role user: requests/s per key (default 5)\n"
         "  --user-burst B           role user: burst (default 10)\n"
-        "  --drain-timeout S        seconds in-flight requests get on SIGTERM (default 30)\n";
+        "  --drain-timeout S        seconds in-flight requests get on SIGTERM (default 30)\n"
+        "  --agent-port P           answer HAProxy's agent-check on P (same --host): the\n"
+        "                           replica's weight from its load, drain, down\n";
 }
 
 static st_status_t num(const char *opt, const char *v, double lo, double hi, double *out,
@@ -82,7 +85,7 @@ st_status_t st_http_config_parse_opt(st_http_config_t *c, int argc, char **argv,
     static const char *const with_value[] = {
         "--host", "--port", "--keys", "--tls-cert", "--tls-key", "--audit-log", "--audit-max-mb",
         "--max-body", "--request-timeout", "--max-n", "--user-rate", "--user-burst",
-        "--drain-timeout", NULL,
+        "--drain-timeout", "--agent-port", NULL,
     };
     int known = 0;
     for (int k = 0; with_value[k]; k++)
@@ -99,6 +102,10 @@ st_status_t st_http_config_parse_opt(st_http_config_t *c, int argc, char **argv,
     if (!strcmp(o, "--audit-log")) { c->audit_path = v; return ST_OK; }
     if (!strcmp(o, "--port")) {
         if ((st = num(o, v, 0, 65535, &d, err)) == ST_OK) c->port = (uint16_t)d;
+        return st;
+    }
+    if (!strcmp(o, "--agent-port")) {
+        if ((st = num(o, v, 0, 65535, &d, err)) == ST_OK) c->agent_port = (int)d;
         return st;
     }
     if (!strcmp(o, "--audit-max-mb")) {

@@ -164,6 +164,7 @@ typedef struct st_http_metrics {
     uint64_t       prompt_tokens, completion_tokens;
     uint64_t       cancelled;      /* sequences cancelled because the client left */
     uint64_t       rate_limited;
+    uint64_t       otp_failures;     /* admin second factors refused */
     uint64_t       connections_total;
     int64_t        connections_open;
     int64_t        requests_active;
@@ -189,5 +190,22 @@ char *st_http_metrics_render(const st_http_metrics_t *m, const st_http_metrics_v
 
 /* Lowercase hex SHA-256 of n bytes into out[65]. */
 void st_http_sha256_hex(const void *p, size_t n, char out[65]);
+
+/* ---- HAProxy agent check (agent.c) ---- */
+
+typedef struct st_http_load {
+    uint32_t running, queued, n_slots;  /* the engine's sequences and KV slots */
+    double   stage_util;                /* busiest stage: compute s per wall s since last check */
+    int      healthy;                   /* every stage up */
+    int      draining;
+} st_http_load_t;
+
+/* The weight in percent of the configured one, 1..100:
+ *   load = max(min(1, (running + queued) / n_slots), min(1, stage_util))
+ *   weight = clamp(round(100 * (1 - load)), 1, 100)  */
+int st_http_agent_weight(const st_http_load_t *l);
+/* The agent's reply line: "drain 0%\n" while draining, "down\n" when a
+ * stage is lost, else "up ready W%\n". Returns its length (snprintf). */
+int st_http_agent_reply(const st_http_load_t *l, char *buf, size_t cap);
 
 #endif /* ST_HTTP_INTERNAL_H */

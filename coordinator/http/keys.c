@@ -92,16 +92,16 @@ static st_status_t keys_push(st_http_keys_t *k, const st_http_key_t *key)
 /* Parses one line; ST_ERR_NOT_FOUND for blank/comment lines. */
 static st_status_t parse_line(char *line, st_http_key_t *key)
 {
-    char *save = NULL, *tok[6];
+    char *save = NULL, *tok[8];
     int nt = 0;
     char *p = strchr(line, '#');
     if (p)
         *p = '\0';
-    for (char *t = strtok_r(line, " \t\r\n", &save); t && nt < 6; t = strtok_r(NULL, " \t\r\n", &save))
+    for (char *t = strtok_r(line, " \t\r\n", &save); t && nt < 8; t = strtok_r(NULL, " \t\r\n", &save))
         tok[nt++] = t;
     if (nt == 0)
         return ST_ERR_NOT_FOUND;
-    if (nt < 4 || nt > 5)
+    if (nt < 4 || nt > 7)
         return ST_ERR_FORMAT;
     memset(key, 0, sizeof(*key));
     if (!id_ok(tok[0]))
@@ -125,10 +125,28 @@ static st_status_t parse_line(char *line, st_http_key_t *key)
             return ST_ERR_FORMAT;
         key->created = c;
     }
-    if (nt == 5) {
-        if (strcmp(tok[4], "revoked") != 0)
+    /* then, in any order, each at most once: revoked, allow=, totp= */
+    for (int i = 4; i < nt; i++) {
+        if (!strcmp(tok[i], "revoked") && !key->revoked) {
+            key->revoked = 1;
+        } else if (!strncmp(tok[i], "allow=", 6) && !key->n_allow) {
+            if (st_http_cidr_parse_list(tok[i] + 6, key->allow, ST_HTTP_KEY_ALLOW_MAX,
+                                        &key->n_allow, NULL) != ST_OK || !key->n_allow)
+                return ST_ERR_FORMAT;
+        } else if (!strncmp(tok[i], "totp=", 5) && !key->totp_len) {
+            const char *h = tok[i] + 5;
+            if (strlen(h) != 2 * ST_HTTP_TOTP_BYTES)
+                return ST_ERR_FORMAT;
+            for (int j = 0; j < ST_HTTP_TOTP_BYTES; j++) {
+                int hi = hex_val(h[2 * j]), lo = hex_val(h[2 * j + 1]);
+                if (hi < 0 || lo < 0)
+                    return ST_ERR_FORMAT;
+                key->totp[j] = (uint8_t)(hi << 4 | lo);
+            }
+            key->totp_len = ST_HTTP_TOTP_BYTES;
+        } else {
             return ST_ERR_FORMAT;
-        key->revoked = 1;
+        }
     }
     return ST_OK;
 }
@@ -137,7 +155,7 @@ st_status_t st_http_keys_load(const char *path, st_http_keys_t **out, st_error_t
 {
     st_http_keys_t *k;
     FILE *f;
-    char line[512];
+    char line[2048];                /* 16 IPv6 CIDRs and a secret fit */
     unsigned lineno = 0;
     st_status_t st = ST_OK;
 
@@ -166,8 +184,8 @@ st_status_t st_http_keys_load(const char *path, st_http_keys_t **out, st_error_t
             continue;
         }
         if (st != ST_OK) {
-            st_error_set(err, st, "%s:%u: expected `id role sha256hex created [revoked]`",
-                         path, lineno);
+            st_error_set(err, st, "%s:%u: expected `id role sha256hex created [revoked] "
+                         "[allow=CIDR,...] [totp=HEX]`", path, lineno);
             goto err_f;
         }
         for (size_t i = 0; i < k->n; i++)
@@ -250,12 +268,23 @@ static st_status_t keys_save(const char *path, const st_http_keys_t *k, st_error
         unlink(tmp);
         return st_error_set(err, ST_ERR_IO, "%s: %s", tmp, strerror(errno));
     }
-    fprintf(f, "# strata API keys: id role sha256(key) created_unix [revoked]\n");
+    fprintf(f, "# strata API keys: id role sha256(key) created_unix [revoked] "
+               "[allow=CIDR,...] [totp=secret]\n");
     for (size_t i = 0; i < k->n; i++) {
+        char allow[ST_HTTP_KEY_ALLOW_MAX * 48];
         fprintf(f, "%s %s ", k->v[i].id, st_http_role_name(k->v[i].role));
         for (int j = 0; j < 32; j++)
             fprintf(f, "%02x", k->v[i].hash[j]);
-        fprintf(f, " %lld%s\n", (long long)k->v[i].created, k->v[i].revoked ? " revoked" : "");
+        fprintf(f, " %lld%s", (long long)k->v[i].created, k->v[i].revoked ? " revoked" : "");
+        if (k->v[i].n_allow &&
+            st_http_cidr_format_list(k->v[i].allow, k->v[i].n_allow, allow, sizeof(allow)))
+            fprintf(f, " allow=%s", allow);
+        if (k->v[i].totp_len) {
+            fprintf(f, " totp=");
+            for (uint32_t j = 0; j < k->v[i].totp_len; j++)
+                fprintf(f, "%02x", k->v[i].totp[j]);
+        }
+        fprintf(f, "\n");
     }
     if (fflush(f) != 0 || fsync(fileno(f)) != 0) {
         fclose(f);
@@ -272,6 +301,13 @@ static st_status_t keys_save(const char *path, const st_http_keys_t *k, st_error
 st_status_t st_http_keys_add(const char *path, const char *id, st_http_role_t role,
                              char *key_out, size_t cap, st_error_t *err)
 {
+    return st_http_keys_add_opts(path, id, role, NULL, key_out, cap, NULL, 0, err);
+}
+
+st_status_t st_http_keys_add_opts(const char *path, const char *id, st_http_role_t role,
+                                  const st_http_key_opts_t *o, char *key_out, size_t cap,
+                                  char *uri_out, size_t uri_cap, st_error_t *err)
+{
     st_http_keys_t *k;
     st_http_key_t key;
     uint8_t raw[32];
@@ -286,6 +322,13 @@ st_status_t st_http_keys_add(const char *path, const char *id, st_http_role_t ro
         return st_error_set(err, ST_ERR_INVALID, "unknown role");
     if (cap < plen + 65)
         return st_error_set(err, ST_ERR_RANGE, "key buffer too small");
+    memset(&key, 0, sizeof(key));
+    if (o && o->allow &&
+        (st = st_http_cidr_parse_list(o->allow, key.allow, ST_HTTP_KEY_ALLOW_MAX, &key.n_allow,
+                                      err)) != ST_OK)
+        return st;
+    if (o && o->totp && !uri_out)
+        return st_error_set(err, ST_ERR_INVALID, "--totp needs somewhere to show its URI");
     if ((st = st_http_keys_load(path, &k, err)) != ST_OK)
         return st;
     for (size_t i = 0; i < k->n; i++)
@@ -301,8 +344,9 @@ st_status_t st_http_keys_add(const char *path, const char *id, st_http_role_t ro
     memcpy(text, ST_HTTP_KEY_PREFIX, plen);
     for (int i = 0; i < 32; i++)
         snprintf(text + plen + 2 * i, 3, "%02x", raw[i]);
-    memset(&key, 0, sizeof(key));
     snprintf(key.id, sizeof(key.id), "%s", id);
+    if (o && o->totp && (st = st_http_totp_enroll(&key, uri_out, uri_cap, err)) != ST_OK)
+        goto out;
     key.role = role;
     sha256(text, plen + 64, key.hash);
     key.created = (int64_t)time(NULL);
@@ -316,6 +360,7 @@ st_status_t st_http_keys_add(const char *path, const char *id, st_http_role_t ro
 out:
     OPENSSL_cleanse(raw, sizeof(raw));
     OPENSSL_cleanse(text, sizeof(text));
+    OPENSSL_cleanse(&key, sizeof(key));
     st_http_keys_free(k);
     return st;
 }
@@ -349,15 +394,19 @@ st_status_t st_http_keys_list(const char *path, FILE *out, st_error_t *err)
 
     if ((st = st_http_keys_load(path, &k, err)) != ST_OK)
         return st;
-    fprintf(out, "%-24s %-10s %-20s %s\n", "ID", "ROLE", "CREATED (UTC)", "STATE");
+    fprintf(out, "%-24s %-10s %-20s %-8s %-5s %s\n", "ID", "ROLE", "CREATED (UTC)", "STATE",
+            "TOTP", "ALLOWED FROM");
     for (size_t i = 0; i < k->n; i++) {
-        char when[32];
+        char when[32], allow[ST_HTTP_KEY_ALLOW_MAX * 48] = "any";
         time_t t = (time_t)k->v[i].created;
         struct tm tm;
         gmtime_r(&t, &tm);
         strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
-        fprintf(out, "%-24s %-10s %-20s %s\n", k->v[i].id, st_http_role_name(k->v[i].role),
-                when, k->v[i].revoked ? "revoked" : "active");
+        if (k->v[i].n_allow)
+            st_http_cidr_format_list(k->v[i].allow, k->v[i].n_allow, allow, sizeof(allow));
+        fprintf(out, "%-24s %-10s %-20s %-8s %-5s %s\n", k->v[i].id,
+                st_http_role_name(k->v[i].role), when, k->v[i].revoked ? "revoked" : "active",
+                k->v[i].totp_len ? "yes" : "no", allow);
     }
     st_http_keys_free(k);
     return ST_OK;

@@ -136,6 +136,9 @@ char *st_http_metrics_render(const st_http_metrics_t *m, const st_http_metrics_v
            "Sequences cancelled because their client disconnected.", (double)m->cancelled);
     scalar(&b, "strata_http_rate_limited_total", "counter",
            "Requests refused with 429 by the per-key rate limit.", (double)m->rate_limited);
+    scalar(&b, "strata_http_otp_failures_total", "counter",
+           "Admin requests refused for a wrong or expired one-time password.",
+           (double)m->otp_failures);
     scalar(&b, "strata_http_connections_total", "counter", "TCP connections accepted.",
            (double)m->connections_total);
     scalar(&b, "strata_http_open_connections", "gauge", "TCP connections open now.",

@@ -265,8 +265,8 @@ static void reply_json(st_http_server_t *s, struct evhttp_request *req, rinfo_t 
 
 /* ---- small endpoints ---- */
 
-static uint32_t stages_of(st_http_server_t *s, const st_engine_stats_t *es,
-                          st_http_stage_stats_t *st, uint32_t cap)
+uint32_t st_http_stage_stats(st_http_server_t *s, const st_engine_stats_t *es,
+                             st_http_stage_stats_t *st, uint32_t cap)
 {
     if (s->cfg->stage_stats)
         return ST_MIN(s->cfg->stage_stats(s->cfg->stage_stats_ctx, st, cap), cap);
@@ -313,7 +313,7 @@ static void h_metrics(st_http_server_t *s, struct evhttp_request *req, rinfo_t *
     memset(&v, 0, sizeof(v));
     v.engine = &es;
     v.stages = stages;
-    v.n_stages = stages ? stages_of(s, &es, stages, ST_HTTP_MAX_STAGES) : 0;
+    v.n_stages = stages ? st_http_stage_stats(s, &es, stages, ST_HTTP_MAX_STAGES) : 0;
     v.draining = s->draining;
     text = st_http_metrics_render(&s->metrics, &v, &len);
     if (!text)
@@ -355,7 +355,7 @@ static void h_admin_status(st_http_server_t *s, struct evhttp_request *req, rinf
     uint32_t n;
 
     st_engine_stats(s->engine, &es);
-    n = stages_of(s, &es, stages, ST_HTTP_MAX_STAGES);
+    n = st_http_stage_stats(s, &es, stages, ST_HTTP_MAX_STAGES);
     for (uint32_t i = 0; i < n; i++)
         json_array_append_new(arr, json_pack("{s:i,s:b,s:f,s:f,s:I,s:s}", "stage",
                                              (int)stages[i].stage, "up", stages[i].up,
@@ -481,8 +481,8 @@ static const route_t routes[] = {
      ST_HTTP_API_CHAT, NULL},
     {"/generate", 0, EVHTTP_REQ_POST, ST_HTTP_EP_GENERATE, AUTH_KEYS, R_ALL, 1,
      ST_HTTP_API_GENERATE, NULL},
-    {"/v1/models", 1, EVHTTP_REQ_GET, ST_HTTP_EP_MODELS, AUTH_KEYS,
-     ST_HTTP_ROLE_ADMIN | ST_HTTP_ROLE_DEVELOPER, 0, 0, h_models},
+    /* users too: OpenAI clients and UIs list the models before they generate */
+    {"/v1/models", 1, EVHTTP_REQ_GET, ST_HTTP_EP_MODELS, AUTH_KEYS, R_ALL, 0, 0, h_models},
     {"/health", 0, EVHTTP_REQ_GET, ST_HTTP_EP_HEALTH, AUTH_NEVER, 0, 0, 0, h_health},
     {"/metrics", 0, EVHTTP_REQ_GET, ST_HTTP_EP_METRICS, AUTH_METRICS,
      ST_HTTP_ROLE_ADMIN | ST_HTTP_ROLE_DEVELOPER, 0, 0, h_metrics},
@@ -536,6 +536,38 @@ static const char *presented_key(struct evkeyvalq *h)
     return evhttp_find_header(h, "x-api-key");
 }
 
+/* An admin key on an /admin/ path: the TOTP code in X-Strata-OTP. 0 when it is
+ * good; otherwise the request has been answered. */
+static int admin_second_factor(st_http_server_t *s, struct evhttp_request *req, rinfo_t *ri,
+                               const st_http_key_t *k)
+{
+    const char *otp = evhttp_find_header(evhttp_request_get_input_headers(req), "X-Strata-OTP");
+    char msg[192];
+
+    switch (st_http_key_otp(k, otp, (int64_t)time(NULL))) {
+    case ST_HTTP_OTP_OK:
+        return 0;
+    case ST_HTTP_OTP_MISSING:
+        st_http_reply_error(s, req, ri, 401, "/admin/* needs the admin key's one-time password "
+                            "in the X-Strata-OTP header", NULL, "otp_required", 0);
+        return 1;
+    case ST_HTTP_OTP_BAD:
+        s->metrics.otp_failures++;
+        st_http_reply_error(s, req, ri, 401, "Incorrect or expired one-time password", NULL,
+                            "invalid_otp", 0);
+        return 1;
+    case ST_HTTP_OTP_NOT_ENROLLED:
+        snprintf(msg, sizeof(msg), "admin key '%s' has no second factor; create admin keys "
+                 "with `strata keys add --role admin --totp`", k->id);
+        st_http_reply_error(s, req, ri, 403, msg, NULL, "otp_not_enrolled", 0);
+        return 1;
+    default:
+        st_http_reply_error(s, req, ri, 403, "this strata was built without liboath: admin "
+                            "second factors cannot be checked", NULL, "otp_unavailable", 0);
+        return 1;
+    }
+}
+
 /* 0 when the request may go on; otherwise it has been answered. */
 static int authorize(st_http_server_t *s, struct evhttp_request *req, rinfo_t *ri,
                      const route_t *r)
@@ -564,6 +596,14 @@ static int authorize(st_http_server_t *s, struct evhttp_request *req, rinfo_t *r
         st_http_reply_error(s, req, ri, 403, msg, NULL, "insufficient_role", 0);
         return 1;
     }
+    if (!st_http_key_allows(k, ri->client_ip)) {
+        snprintf(msg, sizeof(msg), "key '%s' may not be used from %s", k->id, ri->client_ip);
+        st_http_reply_error(s, req, ri, 403, msg, NULL, "address_not_allowed", 0);
+        return 1;
+    }
+    if (k->role == ST_HTTP_ROLE_ADMIN && !strncmp(r->path, "/admin/", 7) &&
+        admin_second_factor(s, req, ri, k))
+        return 1;
     if (k->role == ST_HTTP_ROLE_USER) {
         uint32_t retry = 1;
         size_t idx = (size_t)(k - st_http_keys_at(s->keys, 0));
@@ -768,6 +808,7 @@ static void server_free(st_http_server_t *s)
         signal(SIGTERM, SIG_IGN);
         signal(SIGINT, SIG_IGN);
     }
+    st_http_agent_free(s->agent);
     if (s->chunk) evbuffer_free(s->chunk);
     st_http_buf_free(&s->scratch);
     if (s->base)
@@ -874,6 +915,8 @@ st_status_t st_http_server_run(st_engine_t *engine, const st_http_config_t *cfg,
             s->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                                      : ((struct sockaddr_in *)&ss)->sin_port);
     }
+    if (cfg->agent_port >= 0 && (st = st_http_agent_start(s, &s->agent, err)) != ST_OK)
+        goto err;
     s->wake = event_new(s->base, -1, 0, st_http_on_wake, s);
     s->tick = event_new(s->base, -1, EV_PERSIST, on_tick, s);
     s->sig_term = evsignal_new(s->base, SIGTERM, on_signal, s);
@@ -893,6 +936,9 @@ st_status_t st_http_server_run(st_engine_t *engine, const st_http_config_t *cfg,
            s->ssl ? "https" : "http", strchr(cfg->host, ':') ? "[" : "", cfg->host,
            strchr(cfg->host, ':') ? "]" : "", s->port,
            s->keys ? "API keys required" : "no API keys", s->audit ? "audit log on" : "no audit log");
+    if (s->agent)
+        printf("strata: HAProxy agent check on %s%s%s:%d\n", strchr(cfg->host, ':') ? "[" : "",
+               cfg->host, strchr(cfg->host, ':') ? "]" : "", st_http_agent_port(s->agent));
     fflush(stdout);
 
     event_base_dispatch(s->base);

@@ -26,6 +26,7 @@
 #define CONN_BUCKETS 1024
 
 typedef struct hreq hreq_t;
+typedef struct st_http_agent st_http_agent_t;
 
 typedef struct conn {
     struct st_http_server *s;
@@ -128,6 +129,7 @@ typedef struct st_http_server {
     conn_t                *conns[CONN_BUCKETS];
     struct event          *tick;      /* housekeeping: slow clients, disconnects, drain */
     struct event          *sig_term, *sig_int;
+    st_http_agent_t       *agent;     /* --agent-port, NULL when off */
     int                    draining;
     uint64_t               drain_deadline_ns;
     int                    cancelled_all;
@@ -143,6 +145,13 @@ void st_http_reply_error(st_http_server_t *s, struct evhttp_request *req, rinfo_
 void st_http_log_request(st_http_server_t *s, rinfo_t *ri, int code, uint64_t bytes);
 void st_http_common_headers(st_http_server_t *s, struct evhttp_request *req);
 int  st_http_conn_gone(struct evhttp_connection *evcon);
+uint32_t st_http_stage_stats(st_http_server_t *s, const st_engine_stats_t *es,
+                             st_http_stage_stats_t *st, uint32_t cap);
+
+/* agent.c */
+st_status_t st_http_agent_start(st_http_server_t *s, st_http_agent_t **out, st_error_t *err);
+int  st_http_agent_port(const st_http_agent_t *a);
+void st_http_agent_free(st_http_agent_t *a);
 
 /* generate.c */
 void st_http_handle_generate(st_http_server_t *s, struct evhttp_request *req, rinfo_t *ri,

@@ -74,6 +74,7 @@ typedef struct st_http_config {
     int         drain_timeout_s;   /* 30 */
     uint32_t    default_max_tokens;/* chat and /generate without max_tokens (256) */
     const char *model_path;        /* for the model id: its base name is accepted */
+    int         agent_port;        /* HAProxy agent check: -1 off (default), 0 a free port */
     st_http_stage_stats_fn stage_stats;  /* NULL: one stage from the engine */
     void       *stage_stats_ctx;
 } st_http_config_t;
