@@ -1,11 +1,14 @@
 /*
  * cli_util.h - small helpers shared by the command files: option parsing
- * with checked numbers, and the default model location.
+ * with checked numbers, the default model location, and the entry points
+ * `strata launch` calls in-process.
  */
 #ifndef ST_CLI_UTIL_H
 #define ST_CLI_UTIL_H
 
 #include <errno.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,5 +52,24 @@ static inline const char *cli_value(int argc, char **argv, int *i)
     }
     return argv[++*i];
 }
+
+/* The control plane's default port: `--control-port` of coordinator and
+ * launch, and the port `worker --join HOST` assumes. */
+#define ST_CLI_CONTROL_PORT 7700
+
+/* A cluster secret handed over in memory: `strata launch` gives the
+ * per-job secret rank 0 drew (and MPI broadcast) to the coordinator or
+ * worker it runs in the same process, so the secret never appears in argv,
+ * the environment or a file. NULL: the command loads --secret-file or
+ * $STRATA_CLUSTER_SECRET as usual. */
+typedef struct st_cli_secret {
+    const uint8_t *bytes;
+    size_t         len;
+} st_cli_secret_t;
+
+/* `strata coordinator` / `strata worker` with an optional in-memory secret
+ * (st_cmd_coordinator / st_cmd_worker pass NULL). */
+int st_cmd_coordinator_run(int argc, char **argv, const st_cli_secret_t *secret);
+int st_cmd_worker_run(int argc, char **argv, const st_cli_secret_t *secret);
 
 #endif /* ST_CLI_UTIL_H */

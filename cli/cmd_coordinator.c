@@ -3,6 +3,7 @@
  *
  *   strata coordinator --config configs/cluster.toml
  *   strata coordinator -m MODEL --workers 2 --secret-file S -p "Hello" -n 32
+ *   strata coordinator -m MODEL --workers 2 --secret-file S --control-port 7700 --port 8080
  *   strata coordinator -m MODEL --local 2 -p "Hello"        # spawns 2 local workers
  *
  * Waits for the workers, plans the layer split, then either answers the
@@ -11,6 +12,11 @@
  * (the same options as `strata serve`), or, without either, keeps the
  * cluster up until SIGTERM. SIGTERM/SIGINT drain: no new requests, running
  * ones finish, workers are told to leave, exit 0.
+ *
+ * Ports: --port is the HTTP API's, as in `strata serve`; the control plane
+ * the workers join has its own, --control-port (and --control-host), the
+ * names `strata launch` uses too. --listen HOST:PORT is the older spelling
+ * of the control address and means nothing else.
  *
  * A config file is a small TOML subset: `key = value` lines (strings in
  * double quotes, numbers, true/false), `#` comments and [section] headers
@@ -71,7 +77,10 @@ static void usage(FILE *f)
         "                          decrypted here into memory; workers need the encrypted\n"
         "                          file and K (--local passes both), shards of it are\n"
         "                          never streamed\n"
-        "  --listen ADDR           control plane address (default 0.0.0.0:7700)\n"
+        "  --control-port P        control plane port the workers join (default 7700;\n"
+        "                          the HTTP API's port is --port)\n"
+        "  --control-host H        address the control plane listens on (default 0.0.0.0)\n"
+        "  --listen H:P            older spelling of --control-host H --control-port P\n"
         "  --data-listen HOST:PORT no longer opens a listener (the data plane connects by\n"
         "                          UCX worker address); a specific HOST only picks the\n"
         "                          interface of UCX's TCP transport, the port is unused\n"
@@ -378,7 +387,34 @@ static uint32_t stage_stats(void *ctx, st_http_stage_stats_t *out, uint32_t cap)
 
 /* ---- main --------------------------------------------------------------- */
 
+/* --control-host / --control-port over --listen's parts, over the default
+ * 0.0.0.0:7700 (a local cluster keeps its own default when none is given). */
+static int control_addr(const char *listen, const char *host, long port, char *buf,
+                        size_t len)
+{
+    char lhost[256] = "0.0.0.0";
+    uint16_t lport = ST_CLI_CONTROL_PORT;
+    st_error_t err;
+
+    st_error_clear(&err);
+    if (listen && st_ctrl_parse_addr(listen, lhost, sizeof(lhost), &lport, &err) != ST_OK) {
+        fprintf(stderr, "strata coordinator: --listen: %s\n", err.msg);
+        return -1;
+    }
+    if (host)
+        snprintf(lhost, sizeof(lhost), "%s", host);
+    if (port >= 0)
+        lport = (uint16_t)port;
+    snprintf(buf, len, strchr(lhost, ':') ? "[%s]:%u" : "%s:%u", lhost, (unsigned)lport);
+    return 0;
+}
+
 int st_cmd_coordinator(int argc, char **argv)
+{
+    return st_cmd_coordinator_run(argc, argv, NULL);
+}
+
+int st_cmd_coordinator_run(int argc, char **argv, const st_cli_secret_t *secret)
 {
     st_cluster_params_t cp = st_cluster_default_params();
     st_engine_params_t ep = st_engine_default_params();
@@ -386,13 +422,14 @@ int st_cmd_coordinator(int argc, char **argv)
 #ifdef STRATA_HAVE_HTTP
     st_http_config_t hc = st_http_config_default();
 #endif
-    const char *secret_file = NULL, *v;
+    const char *secret_file = NULL, *ctl_host = NULL, *v;
+    char ctl_addr[300];
     args_t *a = calloc(1, sizeof(*a));
     st_cluster_t *cluster = NULL;
     st_engine_t *e = NULL;
     st_pipeline_t pipe;
     st_error_t err;
-    long l, local = 0, n_par = 1, repeat = 1;
+    long l, local = 0, n_par = 1, repeat = 1, ctl_port = -1;
     double d;
     int rc = 2, chat = 0, stats = 0;
     struct sigaction sa;
@@ -445,11 +482,15 @@ int st_cmd_coordinator(int argc, char **argv)
         else if (!strcmp(o, "--worker-model")) cp.worker_model_path = v;
         else if (!strcmp(o, "--key-file")) cp.key_file = v;
         else if (!strcmp(o, "--listen")) cp.listen = v;
+        else if (!strcmp(o, "--control-host")) ctl_host = v;
         else if (!strcmp(o, "--data-listen")) cp.data_listen = v;
         else if (!strcmp(o, "--secret-file")) secret_file = v;
         else if (!strcmp(o, "--split")) cp.split = v;
         else if (!strcmp(o, "--transport")) cp.transport_tls = v;
         else if (!strcmp(o, "-p") || !strcmp(o, "--prompt")) req.prompt = v;
+        else if (!strcmp(o, "--control-port")) {
+            if (cli_parse_long(o, v, 0, 65535, &ctl_port)) goto out;
+        }
         else if (!strcmp(o, "--workers") || !strcmp(o, "--local")) {
             if (cli_parse_long(o, v, 1, 16, &l)) goto out;
             cp.n_workers = (uint32_t)l;
@@ -517,6 +558,11 @@ int st_cmd_coordinator(int argc, char **argv)
         usage(stderr);
         goto out;
     }
+    if (ctl_host || ctl_port >= 0) {
+        if (control_addr(cp.listen, ctl_host, ctl_port, ctl_addr, sizeof(ctl_addr)))
+            goto out;
+        cp.listen = ctl_addr;
+    }
     rc = 1;
     st_error_clear(&err);
     cp.n_slots = ST_MAX(cp.n_slots, (uint32_t)n_par);
@@ -544,8 +590,15 @@ int st_cmd_coordinator(int argc, char **argv)
         }
         cluster = pipe.ctx;
     } else {
-        if (st_ctrl_secret_load(secret_file, cp.secret, sizeof(cp.secret), &cp.secret_len,
-                                &err) != ST_OK) {
+        if (secret && secret->len >= ST_CTRL_SECRET_MIN && secret->len <= sizeof(cp.secret)) {
+            memcpy(cp.secret, secret->bytes, secret->len);
+            cp.secret_len = secret->len;
+        } else if (secret) {
+            fprintf(stderr, "strata coordinator: bad in-memory secret (%zu bytes)\n",
+                    secret->len);
+            goto out;
+        } else if (st_ctrl_secret_load(secret_file, cp.secret, sizeof(cp.secret),
+                                       &cp.secret_len, &err) != ST_OK) {
             fprintf(stderr, "strata coordinator: %s\n", err.msg);
             goto out;
         }
@@ -595,6 +648,7 @@ int st_cmd_coordinator(int argc, char **argv)
     }
 out:
     st_engine_free(e);   /* destroys the pipeline: drains and stops the workers */
+    explicit_bzero(cp.secret, sizeof(cp.secret));
     if (answer_out && answer_out != stdout)
         fclose(answer_out);
     for (int i = 0; i < a->n_owned; i++)

@@ -1,14 +1,23 @@
 /*
  * strata launch - one command for every rank of an MPI job:
  *
- *   mpirun -n 3 strata launch -m MODEL --secret-file S -p "Hello" -n 32
- *   srun --mpi=pmi2 strata launch -m MODEL --secret-file S ...   (configs/slurm/)
+ *   mpirun -n 3 strata launch -m MODEL --port 8090         # HTTP API on rank 0:8090
+ *   mpirun -n 3 strata launch -m MODEL -p "Hello" -n 32    # one-shot
+ *   srun --mpi=pmi2 -n 3 strata launch -m MODEL --port 8090  (configs/slurm/)
  *
  * Rank 0 runs the coordinator (`strata coordinator` with the same options,
- * waiting for K-1 workers); ranks 1..K-1 run `strata worker`. MPI is only
- * the bootstrap: rank 0 broadcasts its control address once; the secret is
- * never sent over MPI (every rank reads --secret-file or
- * STRATA_CLUSTER_SECRET), and nothing on the per-token path touches MPI.
+ * waiting for K-1 workers); ranks 1..K-1 run `strata worker`. --port is the
+ * HTTP API's port, as in `serve` and `coordinator`; rank 0's control plane
+ * is --control-port (default 7700) and --advertise.
+ *
+ * MPI is only the bootstrap: rank 0 broadcasts its control address once,
+ * and, when the job was given no secret (no --secret-file, no
+ * $STRATA_CLUSTER_SECRET on rank 0), a per-job secret it draws from the OS
+ * CSPRNG. The launcher's channel is trusted with it (docs/CLUSTER.md, "The
+ * per-job secret"): it is handed to the coordinator and workers of this
+ * process in memory, never through argv, the environment or a file, and
+ * dies with the job. With a secret given, every rank reads its own and
+ * nothing secret crosses MPI. Nothing on the per-token path touches MPI.
  * MPI_Init is called only when a process manager started us (PMI_RANK,
  * PMI_SIZE, PMI_FD or PMIX_RANK set). An encrypted model: --key-file K goes
  * to the coordinator and to every worker (each reads its own copy of K and
@@ -33,18 +42,23 @@ int st_cmd_launch(int argc, char **argv)
 #else
 #include "st_cluster.h"
 
-int st_cmd_coordinator(int argc, char **argv);
-int st_cmd_worker(int argc, char **argv);
-
 #define MAX_ARGS 256
 
 static void usage(FILE *f)
 {
     fprintf(f,
-        "usage: mpirun -n K strata launch -m MODEL [--secret-file F] [options]\n"
-        "  --port P            control port of rank 0 (default 7700)\n"
-        "  --advertise HOST    name or address the workers reach rank 0 at\n"
-        "                      (default: rank 0's host name)\n"
+        "usage: mpirun -n K strata launch -m MODEL [--port P] [--secret-file F] [options]\n"
+        "       srun --mpi=pmi2 -n K strata launch -m MODEL [--port P] [options]\n"
+        "  --port P            rank 0's HTTP API port (default 8080), as in serve and\n"
+        "                      coordinator (it used to be the control port: that one is\n"
+        "                      --control-port now)\n"
+        "  --control-port P    rank 0's control port, which the workers join (default 7700)\n"
+        "  --control-host H    address rank 0's control plane listens on (default 0.0.0.0)\n"
+        "  --advertise HOST    name or address the workers reach rank 0 at (default:\n"
+        "                      --control-host when it is one address, else rank 0's host name)\n"
+        "  --secret-file F     cluster secret every rank reads; without it (and without\n"
+        "                      $STRATA_CLUSTER_SECRET) rank 0 draws a random per-job secret\n"
+        "                      and hands it to the other ranks over MPI (docs/CLUSTER.md)\n"
         "  every other option is `strata coordinator`'s (see its --help); the\n"
         "  workers take --secret-file, --threads, --transport, --no-bind,\n"
         "  --key-file and --worker-model from the same line\n"
@@ -52,12 +66,22 @@ static void usage(FILE *f)
         "                      worker decrypts its own layers (each needs the file)\n");
 }
 
+/* A wildcard bind address is no address to give the workers. */
+static int is_wildcard(const char *h)
+{
+    return !*h || !strcmp(h, "0.0.0.0") || !strcmp(h, "::") || !strcmp(h, "[::]");
+}
+
 int st_cmd_launch(int argc, char **argv)
 {
-    const char *port = "7700", *advertise = NULL;
-    char addr[ST_CTRL_ADDR_MAX], listen[64], host[256], name[32], workers[16];
+    const char *port = "7700", *ctl_host = "0.0.0.0", *advertise = NULL, *http_port = NULL;
+    char *env_secret = getenv("STRATA_CLUSTER_SECRET");
+    char host[256], name[32], workers[16];
     char *cargv[MAX_ARGS];
-    int cargc = 0, rank = 0, size = 0, rc;
+    st_cluster_mpi_boot_t boot;
+    st_cli_secret_t job_secret;
+    int cargc = 0, rank = 0, size = 0, given_secret = 0, rc = 1;
+    long l;
     st_error_t err;
 
     for (int i = 1; i < argc; i++)
@@ -69,10 +93,56 @@ int st_cmd_launch(int argc, char **argv)
         fprintf(stderr, "strata launch: too many options\n");
         return 2;
     }
+    /* Options are checked before MPI_Init: every rank sees the same line,
+     * so every rank stops with the same message. */
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--listen")) {
+            fprintf(stderr, "strata launch: --listen is not a launch option: rank 0's "
+                    "control address is --control-host/--control-port (and --advertise)\n");
+            return 2;
+        }
+        if (strcmp(a, "--control-port") && strcmp(a, "--control-host") &&
+            strcmp(a, "--advertise") && strcmp(a, "--port") && strcmp(a, "--secret-file"))
+            continue;
+        if (i + 1 >= argc) {
+            fprintf(stderr, "strata launch: %s needs a value\n", a);
+            return 2;
+        }
+        if (!strcmp(a, "--control-port")) {
+            if (cli_parse_long(a, argv[i + 1], 1, 65535, &l))
+                return 2;
+            port = argv[i + 1];
+        } else if (!strcmp(a, "--control-host")) {
+            ctl_host = argv[i + 1];
+        } else if (!strcmp(a, "--advertise")) {
+            advertise = argv[i + 1];
+        } else if (!strcmp(a, "--port")) {
+            http_port = argv[i + 1];
+        } else {
+            given_secret = 1;
+        }
+        i++;
+    }
+    /* The old meaning of `launch --port` was the control port; a script
+     * written for it that now asks for both on one port gets told why. */
+    if (http_port && !strcmp(http_port, port)) {
+        fprintf(stderr, "strata launch: --port %s is the HTTP API's port and the control "
+                "port is %s too; give rank 0's control plane another one with "
+                "--control-port\n", http_port, port);
+        return 2;
+    }
+    given_secret |= env_secret && *env_secret;
     st_error_clear(&err);
     if (!st_cluster_mpi_detected()) {
-        fprintf(stderr, "strata launch: not started by mpirun or srun --mpi=pmi2 (or built "
-                "without MPI); use `strata coordinator` and `strata worker` instead\n");
+        if (getenv("SLURM_PROCID"))
+            fprintf(stderr, "strata launch: started by srun without an MPI plugin (no "
+                    "PMI_RANK/PMI_FD/PMIX_RANK): run `srun --mpi=pmi2 ...` (or set "
+                    "MpiDefault=pmi2), or built without MPI\n");
+        else
+            fprintf(stderr, "strata launch: not started by mpirun or srun --mpi=pmi2 (or "
+                    "built without MPI); use `strata coordinator` and `strata worker` "
+                    "instead\n");
         return 2;
     }
     if (st_cluster_mpi_init(&rank, &size, &err) != ST_OK) {
@@ -84,51 +154,56 @@ int st_cmd_launch(int argc, char **argv)
         st_cluster_mpi_finalize();
         return 2;
     }
-    for (int i = 1; i + 1 < argc; i++) {
-        if (!strcmp(argv[i], "--port"))
-            port = argv[i + 1];
-        else if (!strcmp(argv[i], "--advertise"))
-            advertise = argv[i + 1];
-    }
-    memset(addr, 0, sizeof(addr));
+    memset(&boot, 0, sizeof(boot));
     if (rank == 0) {
+        if (!advertise && !is_wildcard(ctl_host))
+            advertise = ctl_host;
         if (!advertise) {
             if (gethostname(host, sizeof(host)) != 0)
                 snprintf(host, sizeof(host), "127.0.0.1");
             host[sizeof(host) - 1] = '\0';
             advertise = host;
         }
-        snprintf(addr, sizeof(addr), "%s:%s", advertise, port);
+        snprintf(boot.addr, sizeof(boot.addr),
+                 strchr(advertise, ':') && advertise[0] != '[' ? "[%s]:%s" : "%s:%s",
+                 advertise, port);
     }
-    if (st_cluster_mpi_bcast(addr, sizeof(addr), &err) != ST_OK) {
-        fprintf(stderr, "strata launch: %s\n", err.msg);
-        st_cluster_mpi_finalize();
-        return 1;
+    /* Rank 0's choice rules: it draws a secret only when it was given none,
+     * and then every rank uses that one. */
+    if (st_cluster_mpi_bootstrap(&boot, rank == 0 && !given_secret, &err) != ST_OK) {
+        fprintf(stderr, "strata launch: rank %d: %s\n", rank, err.msg);
+        goto out;
     }
+    job_secret.bytes = boot.secret;
+    job_secret.len = boot.secret_len;
 
     if (rank == 0) {
         cargv[cargc++] = "coordinator";
         for (int i = 1; i < argc; i++) {
-            if ((!strcmp(argv[i], "--port") || !strcmp(argv[i], "--advertise")) && i + 1 < argc) {
+            if ((!strcmp(argv[i], "--control-port") || !strcmp(argv[i], "--control-host") ||
+                 !strcmp(argv[i], "--advertise")) && i + 1 < argc) {
                 i++;
                 continue;
             }
             cargv[cargc++] = argv[i];
         }
-        snprintf(listen, sizeof(listen), "0.0.0.0:%s", port);
         snprintf(workers, sizeof(workers), "%d", size - 1);
-        cargv[cargc++] = "--listen";
-        cargv[cargc++] = listen;
+        cargv[cargc++] = "--control-host";
+        cargv[cargc++] = (char *)ctl_host;
+        cargv[cargc++] = "--control-port";
+        cargv[cargc++] = (char *)port;
         cargv[cargc++] = "--workers";
         cargv[cargc++] = workers;
         cargv[cargc] = NULL;
-        fprintf(stderr, "strata launch: rank 0 of %d: coordinator at %s\n", size, addr);
-        rc = st_cmd_coordinator(cargc, cargv);
+        fprintf(stderr, "strata launch: rank 0 of %d: coordinator at %s (%s)\n", size,
+                boot.addr, boot.secret_len ? "per-job secret drawn by rank 0, sent over MPI"
+                                           : "secret given to every rank");
+        rc = st_cmd_coordinator_run(cargc, cargv, boot.secret_len ? &job_secret : NULL);
     } else {
         snprintf(name, sizeof(name), "rank-%d", rank);
         cargv[cargc++] = "worker";
         cargv[cargc++] = "--join";
-        cargv[cargc++] = addr;
+        cargv[cargc++] = boot.addr;
         cargv[cargc++] = "--name";
         cargv[cargc++] = name;
         for (int i = 1; i < argc; i++) {
@@ -146,8 +221,10 @@ int st_cmd_launch(int argc, char **argv)
             }
         }
         cargv[cargc] = NULL;
-        rc = st_cmd_worker(cargc, cargv);
+        rc = st_cmd_worker_run(cargc, cargv, boot.secret_len ? &job_secret : NULL);
     }
+out:
+    explicit_bzero(&boot, sizeof(boot));
     st_cluster_mpi_finalize();
     return rc;
 }

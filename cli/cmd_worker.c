@@ -8,6 +8,10 @@
  * it or it receives SIGTERM/SIGINT (it then tells the coordinator it is
  * leaving). Exit status: 0 after a drain or a signal, 1 on an error (wrong
  * secret, coordinator unreachable or gone), 2 on bad options.
+ *
+ * --join names the coordinator's control address: its host and its
+ * --control-port (7700 when only a host is given), the same name the
+ * coordinator and `strata launch` use for that port.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -40,8 +44,9 @@ static void on_signal(int sig)
 static void usage(FILE *f)
 {
     fprintf(f,
-        "usage: strata worker --join HOST:PORT [options]\n"
-        "  --join HOST:PORT      the coordinator's control address\n"
+        "usage: strata worker --join HOST[:PORT] [options]\n"
+        "  --join HOST[:PORT]    the coordinator's control address: its host and its\n"
+        "                        --control-port (default 7700)\n"
         "  --secret-file F       cluster secret (default: $STRATA_CLUSTER_SECRET)\n"
         "  --name NAME           worker name (default: <hostname>-<pid>)\n"
         "  -m, --model PATH      this host's copy of the model (default: the plan's path)\n"
@@ -61,11 +66,18 @@ static void usage(FILE *f)
 
 int st_cmd_worker(int argc, char **argv)
 {
+    return st_cmd_worker_run(argc, argv, NULL);
+}
+
+int st_cmd_worker_run(int argc, char **argv, const st_cli_secret_t *secret)
+{
     st_worker_params_t p = st_worker_default_params();
     const char *secret_file = NULL, *v;
+    char join[ST_CTRL_ADDR_MAX];
     struct sigaction sa;
     st_error_t err;
     long l;
+    int rc = 0;
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -114,8 +126,21 @@ int st_cmd_worker(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    /* A bare host (or [v6]) joins the default control port. */
+    if (!strchr(p.join, ':') || (p.join[0] == '[' && p.join[strlen(p.join) - 1] == ']')) {
+        snprintf(join, sizeof(join), "%s:%d", p.join, ST_CLI_CONTROL_PORT);
+        p.join = join;
+    }
     st_error_clear(&err);
-    if (st_ctrl_secret_load(secret_file, p.secret, sizeof(p.secret), &p.secret_len, &err) != ST_OK) {
+    if (secret) {
+        if (secret->len < ST_CTRL_SECRET_MIN || secret->len > sizeof(p.secret)) {
+            fprintf(stderr, "strata worker: bad in-memory secret (%zu bytes)\n", secret->len);
+            return 1;
+        }
+        memcpy(p.secret, secret->bytes, secret->len);
+        p.secret_len = secret->len;
+    } else if (st_ctrl_secret_load(secret_file, p.secret, sizeof(p.secret), &p.secret_len,
+                                   &err) != ST_OK) {
         fprintf(stderr, "strata worker: %s\n", err.msg);
         return 1;
     }
@@ -132,8 +157,9 @@ int st_cmd_worker(int argc, char **argv)
     p.stop = &worker_stop;
     if (st_worker_run(&p, &err) != ST_OK) {
         fprintf(stderr, "strata worker: %s\n", err.msg);
-        return 1;
+        rc = 1;
     }
-    return 0;
+    explicit_bzero(p.secret, sizeof(p.secret));
+    return rc;
 }
 #endif

@@ -44,9 +44,9 @@ st_status_t st_cluster_mpi_init(int *rank, int *size, st_error_t *err)
     (void)rank; (void)size;
     return st_error_set(err, ST_ERR_UNSUPPORTED, WHY);
 }
-st_status_t st_cluster_mpi_bcast(char *addr, size_t len, st_error_t *err)
+st_status_t st_cluster_mpi_bootstrap(st_cluster_mpi_boot_t *b, int draw, st_error_t *err)
 {
-    (void)addr; (void)len;
+    (void)b; (void)draw;
     return st_error_set(err, ST_ERR_UNSUPPORTED, WHY);
 }
 void st_cluster_mpi_finalize(void) {}

@@ -161,18 +161,37 @@ void st_cluster_stats_reset(st_cluster_t *c);
 void st_cluster_refresh(st_cluster_t *c, int timeout_ms);
 
 /* ---- MPI bootstrap (mpirun / srun --mpi=pmi2) --------------------------
- * `strata launch` uses MPI only to learn its rank and to broadcast the
- * coordinator's control address from rank 0; the secret is never sent over
- * MPI (every rank reads it from its file or environment). MPI is
- * initialised only when the process was started by a process manager
- * (PMI_RANK, PMI_SIZE, PMI_FD or PMIX_RANK in the environment). */
+ * `strata launch` uses MPI only to learn its rank and, once, to copy what
+ * rank 0 knows to every rank: its control address and, when the job was
+ * given no secret, a per-job secret rank 0 draws from the OS CSPRNG. The
+ * launcher's channel is trusted for that one message (docs/CLUSTER.md,
+ * "The per-job secret"); the secret never touches a file, argv or the
+ * environment. MPI is initialised only when the process was started by a
+ * process manager (PMI_RANK, PMI_SIZE, PMI_FD or PMIX_RANK in the
+ * environment). */
+
+#define ST_CLUSTER_JOB_SECRET_LEN 32   /* bytes: 256 bits, HMAC-SHA256's key size */
+
+/* What every rank knows after st_cluster_mpi_bootstrap(). */
+typedef struct st_cluster_mpi_boot {
+    char     addr[ST_CTRL_ADDR_MAX];  /* rank 0's control address, "host:port" */
+    size_t   secret_len;              /* 0: every rank loads its own secret (the job
+                                         was given --secret-file or the environment
+                                         variable); else ST_CLUSTER_JOB_SECRET_LEN */
+    uint8_t  secret[ST_CLUSTER_JOB_SECRET_LEN];
+} st_cluster_mpi_boot_t;
 
 /* 1 when this build has MPI and a process manager started us. */
 int         st_cluster_mpi_detected(void);
 /* MPI_Init; writes this rank and the job size. ST_ERR_UNSUPPORTED without MPI. */
 st_status_t st_cluster_mpi_init(int *rank, int *size, st_error_t *err);
-/* Rank 0's `addr` (len bytes, NUL-terminated) is copied to every rank. */
-st_status_t st_cluster_mpi_bcast(char *addr, size_t len, st_error_t *err);
+/* Collective: every rank calls it once, after st_cluster_mpi_init. Rank 0
+ * fills b->addr and passes draw = 1 when the job has no secret of its own;
+ * it then draws b->secret. Rank 0's b is copied to every rank's b (other
+ * ranks' inputs are ignored). A failure on rank 0 (no randomness) reaches
+ * every rank as an error, so none waits for a coordinator that will not
+ * come. The caller wipes b (explicit_bzero) when it is done with it. */
+st_status_t st_cluster_mpi_bootstrap(st_cluster_mpi_boot_t *b, int draw, st_error_t *err);
 /* A barrier, then MPI_Finalize. */
 void        st_cluster_mpi_finalize(void);
 

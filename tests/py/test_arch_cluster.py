@@ -81,7 +81,7 @@ def test_mpirun_launch_moe(strata, ds3, tmp_path):
     want = reference(strata, ds3)
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0")   # MPICH's MPI_Init (test_cluster_mpi.py)
     r = run(["mpirun", "-n", "3", strata, "launch", "-m", ds3, "--secret-file", str(sec),
-             "--port", str(free_port()), "--advertise", "127.0.0.1", "--data-listen",
+             "--control-port", str(free_port()), "--advertise", "127.0.0.1", "--data-listen",
              "127.0.0.1:0", "-p", PROMPT, "-n", str(N), "-t", "1"], timeout=180, env=env)
     if "built without MPI" in r.stderr or "not started by mpirun" in r.stderr:
         pytest.skip("strata built without MPI: " + r.stderr.strip()[-200:])

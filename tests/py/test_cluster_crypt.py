@@ -222,7 +222,7 @@ def test_mpirun_launch_with_encrypted_model(strata, enc, want, tmp_path):
     # (see test_cluster_mpi.py); nothing of strata's.
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0")
     r = run(["mpirun", "-n", "3", strata, "launch", "-m", enc["model"], "--key-file",
-             enc["key"], "--secret-file", str(secret), "--port", str(free_port()),
+             enc["key"], "--secret-file", str(secret), "--control-port", str(free_port()),
              "--advertise", "127.0.0.1", "--data-listen", "127.0.0.1:0", "-p", PROMPT,
              "-n", str(N), "-t", "1"], timeout=60, env=env)
     if "built without MPI" in r.stderr or "not started by mpirun" in r.stderr:

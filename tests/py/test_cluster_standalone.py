@@ -73,9 +73,13 @@ def finish(p, timeout=60):
 
 
 def test_coordinator_and_two_workers(strata, real_model, secret):
+    """The control plane's names: --control-host/--control-port on the
+    coordinator (--listen H:P is their older spelling, used below), the same
+    port in the workers' --join."""
     want = reference(strata, real_model)
     port = free_port()
-    c = start([strata, "coordinator", "-m", real_model, "--listen", f"127.0.0.1:{port}",
+    c = start([strata, "coordinator", "-m", real_model, "--control-host", "127.0.0.1",
+               "--control-port", str(port),
                "--data-listen", "127.0.0.1:0", "--workers", "2", "--secret-file", secret,
                "--join-timeout", "30", "-p", PROMPT, "-n", str(N)])
     ws = [worker(strata, port, secret, f"w{i}") for i in range(2)]
@@ -213,7 +217,7 @@ def test_config_file(strata, real_model, tmp_path):
     want = reference(strata, real_model, n=8)
     cfg = (ROOT / "configs" / "cluster.toml").read_text()
     cfg += (f'\n[test]\nmodel = "{real_model}"\nlocal = 2\nthreads = 1\n'
-            'listen = "127.0.0.1:0"\ndata_listen = "127.0.0.1:0"\n')
+            'control_host = "127.0.0.1"\ncontrol_port = 0\ndata_listen = "127.0.0.1:0"\n')
     p = tmp_path / "c.toml"
     p.write_text(cfg)
     r = run([strata, "coordinator", "--config", str(p), "-p", PROMPT, "-n", "8"], timeout=120)

@@ -3,8 +3,12 @@
 #   installs munge, slurmctld and slurmd from the distribution when missing,
 #   writes a one-node slurm.conf (MpiDefault=pmi2) in a scratch directory,
 #   starts munged, slurmctld and slurmd, submits configs/slurm/strata.sbatch
-#   with 3 tasks (coordinator + 2 workers), checks its answer against the
-#   single-process engine (`strata generate`), and stops what it started.
+#   with 3 tasks (coordinator + 2 workers) and no secret file (task 0 draws
+#   the per-job secret), checks its answer against the single-process engine
+#   (`strata generate`), then runs the README's line
+#   `srun --mpi=pmi2 -n 3 strata launch -m MODEL --port P`, checks a greedy
+#   completion from its HTTP API against the same reference, and stops
+#   what it started.
 # Needs root (daemons, apt-get); otherwise it prints why and exits 77 (skip).
 #
 #   tests/slurm/run_slurm_test.sh [STRATA_BIN] [MODEL]
@@ -115,11 +119,16 @@ done
 echo "slurm up: $(sinfo -h -o '%P %D %t')"
 REF=$("$BIN" generate -m "$MODEL" -p "$PROMPT" -n $NTOK --temp 0 -t 1 2>/dev/null)
 
-umask 077
-echo "slurm-test-secret-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')" > "$WORK/secret"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+SRUN_PID=""
+trap 'if [ -n "$SRUN_PID" ]; then kill -9 "$SRUN_PID" 2>/dev/null; scancel --name=strata-http 2>/dev/null; fi; cleanup' EXIT
+unset STRATA_CLUSTER_SECRET
+
+# 1. sbatch, one-shot, no secret file: task 0 draws the per-job secret.
 cd "$WORK"
-STRATA_BIN="$BIN" STRATA_MODEL="$MODEL" STRATA_SECRET_FILE="$WORK/secret" \
-STRATA_PROMPT="$PROMPT" STRATA_MAX_TOKENS=$NTOK STRATA_THREADS=1 STRATA_PORT=17790 \
+STRATA_BIN="$BIN" STRATA_MODEL="$MODEL" \
+STRATA_PROMPT="$PROMPT" STRATA_MAX_TOKENS=$NTOK STRATA_THREADS=1 \
+STRATA_CONTROL_PORT=$(free_port) \
 STRATA_ADVERTISE=127.0.0.1 STRATA_EXTRA_ARGS="--data-listen 127.0.0.1:0" \
     timeout 180 sbatch --wait -N 1 --ntasks=3 --ntasks-per-node=3 --time=5 \
     -o "$WORK/job.out" -e "$WORK/job.err" "$ROOT/configs/slurm/strata.sbatch" \
@@ -131,5 +140,46 @@ if [ "$(printf '%s' "$GOT" | sed -e '$a\')" != "$(printf '%s' "$REF" | sed -e '$
     tail -30 "$WORK/job.err"
     fail "the Slurm job's answer differs from the single-process engine"
 fi
-echo "PASS: srun --mpi=pmi2 strata launch (3 tasks) answered identically to strata generate"
+grep -q "per-job secret drawn by rank 0" "$WORK/job.err" \
+    || { tail -30 "$WORK/job.err"; fail "the job did not use a per-job secret"; }
+echo "ok: sbatch strata.sbatch (3 tasks, no secret file) answered identically to strata generate"
+
+# 2. The README's line: the HTTP API on --port, no secret, no --advertise.
+HTTP=$(free_port)
+CTL=()
+# Someone else may hold the default control port on this machine; only then
+# is the line not exactly the README's.
+if (exec 3<>/dev/tcp/127.0.0.1/7700) 2>/dev/null; then CTL=(--control-port "$(free_port)"); fi
+srun --mpi=pmi2 -n 3 --job-name=strata-http --time=5 \
+    "$BIN" launch -m "$MODEL" --port "$HTTP" "${CTL[@]}" >"$WORK/http.out" 2>"$WORK/http.err" &
+SRUN_PID=$!
+up=0
+for _ in $(seq 300); do
+    if curl -sf "http://127.0.0.1:$HTTP/health" >/dev/null 2>&1; then up=1; break; fi
+    kill -0 "$SRUN_PID" 2>/dev/null || break
+    sleep 0.2
+done
+[ "$up" = 1 ] || { tail -30 "$WORK/http.err"; fail "srun strata launch --port $HTTP: no HTTP API"; }
+BODY=$(printf '{"prompt":"%s","max_tokens":%d,"temperature":0}' "$PROMPT" "$NTOK")
+GOT=$(curl -sf "http://127.0.0.1:$HTTP/v1/completions" -d "$BODY" \
+      | python3 -c 'import json,sys; print(json.load(sys.stdin)["choices"][0]["text"], end="")') \
+    || { tail -30 "$WORK/http.err"; fail "the completion request failed"; }
+STAGES=$(curl -sf "http://127.0.0.1:$HTTP/admin/status" \
+         | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["stages"]))')
+kill -TERM "$SRUN_PID" 2>/dev/null   # srun passes SIGTERM to the tasks: they drain
+for _ in $(seq 150); do kill -0 "$SRUN_PID" 2>/dev/null || break; sleep 0.2; done
+if kill -0 "$SRUN_PID" 2>/dev/null; then
+    scancel --name=strata-http 2>/dev/null; kill -9 "$SRUN_PID" 2>/dev/null
+    fail "srun strata launch did not stop on SIGTERM"
+fi
+SRUN_PID=""
+if [ "$(printf '%s' "$GOT" | sed -e '$a\')" != "$(printf '%s' "$REF" | sed -e '$a\')" ]; then
+    echo "--- expected"; printf '%s\n' "$REF"; echo "--- got"; printf '%s\n' "$GOT"
+    tail -30 "$WORK/http.err"
+    fail "the HTTP answer of srun strata launch differs from the single-process engine"
+fi
+[ "$STAGES" = 2 ] || fail "/admin/status shows $STAGES stages, not 2"
+grep -q "per-job secret drawn by rank 0" "$WORK/http.err" \
+    || { tail -30 "$WORK/http.err"; fail "srun strata launch did not use a per-job secret"; }
+echo "PASS: sbatch and srun --mpi=pmi2 strata launch (3 tasks, per-job secret) answered identically to strata generate, one-shot and over HTTP on --port"
 exit 0
