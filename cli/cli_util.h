@@ -72,4 +72,18 @@ typedef struct st_cli_secret {
 int st_cmd_coordinator_run(int argc, char **argv, const st_cli_secret_t *secret);
 int st_cmd_worker_run(int argc, char **argv, const st_cli_secret_t *secret);
 
+/* The value of --key-file or --key-pkcs11: both end up as the key "path"
+ * st_crypt_key_load takes (a PKCS#11 URI starts with "pkcs11:"), so local
+ * workers are handed the same string. NULL (after a message) when
+ * --key-pkcs11 is not given a pkcs11: URI. */
+static inline const char *cli_key_value(const char *opt, const char *v)
+{
+    if (!strcmp(opt, "--key-pkcs11") && strncmp(v, "pkcs11:", 7) != 0) {
+        fprintf(stderr, "strata: --key-pkcs11 takes a PKCS#11 URI (pkcs11:token=...;object=..."
+                "?module-path=...&x-wrapped-key=...), got '%s'\n", v);
+        return NULL;
+    }
+    return v;
+}
+
 #endif /* ST_CLI_UTIL_H */

@@ -73,6 +73,7 @@ static void usage(FILE *f)
         "cluster:\n"
         "  -m, --model PATH        model (this host's copy: plan sizes and SHA-256 manifest)\n"
         "  --worker-model PATH     path the workers open (default: the same)\n"
+        "  --key-pkcs11 URI        the key unwrapped by a PKCS#11 token (docs/ENCRYPTION.md)\n"
         "  --key-file K            key of an encrypted model (strata encrypt-model): it is\n"
         "                          decrypted here into memory; workers need the encrypted\n"
         "                          file and K (--local passes both), shards of it are\n"
@@ -480,7 +481,9 @@ int st_cmd_coordinator_run(int argc, char **argv, const st_cli_secret_t *secret)
             goto out;
         if (!strcmp(o, "-m") || !strcmp(o, "--model")) cp.model_path = v;
         else if (!strcmp(o, "--worker-model")) cp.worker_model_path = v;
-        else if (!strcmp(o, "--key-file")) cp.key_file = v;
+        else if (!strcmp(o, "--key-file") || !strcmp(o, "--key-pkcs11")) {
+            if (!(cp.key_file = cli_key_value(o, v))) goto out;
+        }
         else if (!strcmp(o, "--listen")) cp.listen = v;
         else if (!strcmp(o, "--control-host")) ctl_host = v;
         else if (!strcmp(o, "--data-listen")) cp.data_listen = v;

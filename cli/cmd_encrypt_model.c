@@ -17,6 +17,7 @@
 
 #include "cli_util.h"
 #include "st_crypt.h"
+#include "st_crypt_pkcs11.h"
 #include "st_util.h"
 
 const char st_cmd_encrypt_model_help[] = "write an AES-256-GCM encrypted model (or --gen-key)";
@@ -30,12 +31,17 @@ static void usage(FILE *f)
         "  OUT                  encrypted model to write (mode 0600)\n"
         "      --key-file PATH  32 raw bytes or 64 hex digits (AES-256 key)\n"
         "      --chunk-kib N    largest chunk in KiB, 4..1048576 (default 1024)\n"
-        "      --gen-key PATH   create a new random key file (mode 0600, never overwrites)\n");
+        "      --gen-key PATH   create a new random key file (mode 0600, never overwrites)\n"
+        "      --key-pkcs11 URI the key wrapped by a PKCS#11 token (instead of --key-file)\n"
+        "   or: strata encrypt-model --wrap-key KEY --key-pkcs11 URI\n"
+        "      wraps key file KEY under the token's key into the URI's x-wrapped-key file\n"
+        "      (mode 0600, never overwrites); then delete KEY (docs/ENCRYPTION.md)\n");
 }
 
 int st_cmd_encrypt_model(int argc, char **argv)
 {
-    const char *in = NULL, *out = NULL, *key_file = NULL, *gen_key = NULL, *v;
+    const char *in = NULL, *out = NULL, *key_file = NULL, *gen_key = NULL, *wrap_key = NULL,
+               *pkcs11 = NULL, *v;
     uint8_t key[ST_CRYPT_KEY_BYTES];
     uint32_t chunk = 0;
     struct stat st;
@@ -54,6 +60,10 @@ int st_cmd_encrypt_model(int argc, char **argv)
         else if (!(v = cli_value(argc, argv, &i))) return 2;
         else if (!strcmp(a, "--key-file") || !strcmp(a, "-k")) key_file = v;
         else if (!strcmp(a, "--gen-key")) gen_key = v;
+        else if (!strcmp(a, "--wrap-key")) wrap_key = v;
+        else if (!strcmp(a, "--key-pkcs11")) {
+            if (!(pkcs11 = cli_key_value(a, v))) return 2;
+        }
         else if (!strcmp(a, "--chunk-kib")) {
             if (cli_parse_long(a, v, 4, 1 << 20, &l)) return 2;
             chunk = (uint32_t)l * 1024u;
@@ -77,6 +87,28 @@ int st_cmd_encrypt_model(int argc, char **argv)
                 "encrypted model\n", gen_key);
         return 0;
     }
+    if (wrap_key) {
+        if (in || key_file || !pkcs11) {
+            fprintf(stderr, "strata encrypt-model: --wrap-key KEY takes --key-pkcs11 URI and "
+                    "no model\n");
+            return 2;
+        }
+        if (st_crypt_key_load(wrap_key, key, &err) != ST_OK ||
+            st_pkcs11_key_wrap(pkcs11, key, &err) != ST_OK) {
+            fprintf(stderr, "strata: %s\n", err.msg);
+            goto out;
+        }
+        fprintf(stderr, "wrapped the key of %s under the token's key; delete %s once the "
+                "model loads with --key-pkcs11\n", wrap_key, wrap_key);
+        rc = 0;
+        goto out;
+    }
+    if (pkcs11 && key_file) {
+        fprintf(stderr, "strata encrypt-model: --key-file or --key-pkcs11, not both\n");
+        return 2;
+    }
+    if (pkcs11)
+        key_file = pkcs11;
     if (!in || !out || !key_file) {
         usage(stderr);
         return 2;

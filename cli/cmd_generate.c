@@ -53,6 +53,7 @@ static void usage(FILE *f)
         "usage: strata generate -m MODEL -p PROMPT [options]\n"
         "  -m, --model PATH     GGUF model file (or one from strata encrypt-model)\n"
         "      --key-file PATH  key of an encrypted model (32 raw bytes or 64 hex digits)\n"
+        "      --key-pkcs11 URI the key unwrapped by a PKCS#11 token (docs/ENCRYPTION.md)\n"
         "  -p, --prompt TEXT    prompt (or -f FILE)\n"
         "  -f, --file PATH      read the prompt from a file\n"
         "      --chat           apply the model's chat template (prompt = user message)\n"
@@ -99,7 +100,9 @@ int st_cmd_generate(int argc, char **argv)
         else if (!strcmp(a, "-f") || !strcmp(a, "--file")) file = v;
         else if (!strcmp(a, "--system")) system = v;
         else if (!strcmp(a, "--backend")) ep.backend = v;
-        else if (!strcmp(a, "--key-file")) ep.key_file = v;
+        else if (!strcmp(a, "--key-file") || !strcmp(a, "--key-pkcs11")) {
+            if (!(ep.key_file = cli_key_value(a, v))) return 2;
+        }
         else if (!strcmp(a, "--stop")) {
             if (n_stop >= ST_GEN_MAX_STOP) { fprintf(stderr, "strata: at most %d --stop\n", ST_GEN_MAX_STOP); return 2; }
             req.stop[n_stop++] = v;

@@ -63,7 +63,8 @@ static void usage(FILE *f)
         "  workers take --secret-file, --threads, --transport, --no-bind,\n"
         "  --key-file and --worker-model from the same line\n"
         "  --key-file K        key of an encrypted model: rank 0 decrypts it, every\n"
-        "                      worker decrypts its own layers (each needs the file)\n");
+        "                      worker decrypts its own layers (each needs the file)\n"
+        "  --key-pkcs11 URI    the key unwrapped by a PKCS#11 token, on every rank\n");
 }
 
 /* A wildcard bind address is no address to give the workers. */
@@ -212,7 +213,7 @@ int st_cmd_launch(int argc, char **argv)
                 cargv[cargc++] = argv[i];
             } else if (i + 1 < argc && (!strcmp(a, "--secret-file") || !strcmp(a, "--threads") ||
                                         !strcmp(a, "-t") || !strcmp(a, "--transport") ||
-                                        !strcmp(a, "--key-file"))) {
+                                        !strcmp(a, "--key-file") || !strcmp(a, "--key-pkcs11"))) {
                 cargv[cargc++] = argv[i];
                 cargv[cargc++] = argv[++i];
             } else if (i + 1 < argc && !strcmp(a, "--worker-model")) {

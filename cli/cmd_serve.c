@@ -42,6 +42,7 @@ static void usage(FILE *f)
         "  -m, --model PATH         GGUF model file (or one from strata encrypt-model)\n"
         "      --key-file PATH      key of an encrypted model; with --workers each local\n"
         "                           worker is given the file and the key\n"
+        "      --key-pkcs11 URI     the key unwrapped by a PKCS#11 token (pin-source=file:)\n"
         "      --workers N          run N local worker processes (0: in this process)\n"
         "      --slots N            sequences decoded together (default 8)\n"
         "      --ctx N              tokens per sequence (default 2048)\n"
@@ -104,8 +105,8 @@ int st_cmd_serve(int argc, char **argv)
             return 2;
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
             ep.model_path = v;
-        } else if (!strcmp(a, "--key-file")) {
-            ep.key_file = v;
+        } else if (!strcmp(a, "--key-file") || !strcmp(a, "--key-pkcs11")) {
+            if (!(ep.key_file = cli_key_value(a, v))) return 2;
         } else if (!strcmp(a, "--backend")) {
             ep.backend = v;
         } else if (!strcmp(a, "--workers")) {

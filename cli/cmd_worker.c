@@ -55,6 +55,7 @@ static void usage(FILE *f)
         "                        local copy; automatic when the model path does not exist\n"
         "  --key-file F          key of an encrypted model: only this stage's layers are\n"
         "                        decrypted, into memory (see strata encrypt-model)\n"
+        "  --key-pkcs11 URI      the key unwrapped by a PKCS#11 token (docs/ENCRYPTION.md)\n"
         "  -t, --threads N       compute threads (default: the plan's)\n"
         "  --data-listen H:P     no longer opens a listener; a specific H picks the\n"
         "                        interface of UCX's TCP transport (port unused)\n"
@@ -101,8 +102,8 @@ int st_cmd_worker_run(int argc, char **argv, const st_cli_secret_t *secret)
             p.name = v;
         } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
             p.model_path = v;
-        } else if (!strcmp(a, "--key-file")) {
-            p.key_file = v;
+        } else if (!strcmp(a, "--key-file") || !strcmp(a, "--key-pkcs11")) {
+            if (!(p.key_file = cli_key_value(a, v))) return 2;
         } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
             if (cli_parse_long(a, v, 1, 4096, &l)) return 2;
             p.n_threads = (int)l;

@@ -11,6 +11,7 @@
  * ever reach the GGUF parser, and it still validates them.
  */
 #include "st_crypt.h"
+#include "st_crypt_pkcs11.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -109,6 +110,10 @@ st_status_t st_crypt_key_load(const char *path, uint8_t key[ST_CRYPT_KEY_BYTES],
 
     if (!path || !key)
         return st_error_set(err, ST_ERR_INVALID, "st_crypt_key_load: NULL argument");
+    /* A PKCS#11 URI instead of a path: the key is unwrapped by the token, so
+     * every caller (and every local worker it starts) takes either form. */
+    if (st_pkcs11_is_uri(path))
+        return st_pkcs11_key_unwrap(path, key, err);
     fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return st_error_set(err, ST_ERR_IO, "%s: cannot open key file: %s", path, strerror(errno));

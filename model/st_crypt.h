@@ -53,7 +53,9 @@ int st_crypt_is_encrypted(const void *head, size_t n);
 st_status_t st_crypt_probe(const char *path, int *is_enc, st_error_t *err);
 
 /* Key file: exactly 32 raw bytes, or 64 hex digits (an optional trailing
- * newline allowed). Anything else is refused with a message saying why. */
+ * newline allowed). Anything else is refused with a message saying why.
+ * A path starting with "pkcs11:" is a PKCS#11 URI instead: the key is
+ * unwrapped by the token (st_crypt_pkcs11.h). */
 st_status_t st_crypt_key_load(const char *path, uint8_t key[ST_CRYPT_KEY_BYTES], st_error_t *err);
 /* Creates path (O_EXCL, mode 0600) holding a random key as 64 hex digits. */
 st_status_t st_crypt_key_generate(const char *path, st_error_t *err);
