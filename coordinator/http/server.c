@@ -166,8 +166,12 @@ void st_http_common_headers(st_http_server_t *s, struct evhttp_request *req)
 {
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     evhttp_add_header(h, "Server", "strata");
+    /* Every answer strata writes itself passes here (st_http_reply and the
+     * start of a stream). HSTS only over TLS (RFC 6797 7.2: never on plain
+     * HTTP). Two years, as hstspreload.org and Mozilla's TLS guidelines
+     * recommend and configs/nginx/strata.conf sends: both fronts agree. */
     if (s->ssl)
-        evhttp_add_header(h, "Strict-Transport-Security", "max-age=31536000; includeSubDomains");
+        evhttp_add_header(h, "Strict-Transport-Security", "max-age=63072000; includeSubDomains");
 }
 
 void st_http_log_request(st_http_server_t *s, rinfo_t *ri, int code, uint64_t bytes)
