@@ -15,7 +15,7 @@ st_http_config_t st_http_config_default(void)
     c.host = "127.0.0.1";
     c.port = 8080;
     c.audit_max_bytes = 64ull << 20;
-    c.audit_keep = 5;
+    c.audit_retain_days = 180;
     c.audit_sync = 1;
     c.metrics_public = 1;
     c.max_body = 1u << 20;
@@ -41,8 +41,13 @@ const char *st_http_config_usage(void)
         "                           needed and only loopback may be bound\n"
         "  --allow-public           bind a non-loopback address without --keys\n"
         "  --tls-cert C --tls-key K HTTPS with TLS 1.3 only (PEM, RSA or ECDSA P-256)\n"
-        "  --audit-log F            append one JSON line per request to F\n"
-        "  --audit-max-mb N         rotate the audit log beyond N MiB (default 64)\n"
+        "  --audit-log F            append one JSON line per request to F (ECS fields,\n"
+        "                           hash-chained; rotated daily to F.YYYY-MM-DD)\n"
+        "  --audit-max-mb N         also rotate the audit log beyond N MiB (default 64)\n"
+        "  --audit-retain-days N    remove rotated audit files after N days (default 180;\n"
+        "                           0 keeps them all)\n"
+        "  --audit-hmac-key FILE    key for the watermarks of GET /admin/audit exports\n"
+        "                           (default: F.hmac-key, generated at first start)\n"
         "  --audit-no-sync          do not fdatasync each audit line (faster, less safe)\n"
         "  --metrics-auth           require a key (admin/developer) for /metrics\n"
         "  --max-body BYTES         request body limit (default 1048576)\n"
@@ -84,7 +89,7 @@ st_status_t st_http_config_parse_opt(st_http_config_t *c, int argc, char **argv,
 
     static const char *const with_value[] = {
         "--host", "--port", "--keys", "--tls-cert", "--tls-key", "--audit-log", "--audit-max-mb",
-        "--max-body", "--request-timeout", "--max-n", "--user-rate", "--user-burst",
+        "--audit-retain-days", "--audit-hmac-key", "--max-body", "--request-timeout", "--max-n", "--user-rate", "--user-burst",
         "--drain-timeout", "--agent-port", NULL,
     };
     int known = 0;
@@ -100,6 +105,11 @@ st_status_t st_http_config_parse_opt(st_http_config_t *c, int argc, char **argv,
     if (!strcmp(o, "--tls-cert")) { c->tls_cert = v; return ST_OK; }
     if (!strcmp(o, "--tls-key")) { c->tls_key = v; return ST_OK; }
     if (!strcmp(o, "--audit-log")) { c->audit_path = v; return ST_OK; }
+    if (!strcmp(o, "--audit-hmac-key")) { c->audit_hmac_key = v; return ST_OK; }
+    if (!strcmp(o, "--audit-retain-days")) {
+        if ((st = num(o, v, 0, 36500, &d, err)) == ST_OK) c->audit_retain_days = (uint32_t)d;
+        return st;
+    }
     if (!strcmp(o, "--port")) {
         if ((st = num(o, v, 0, 65535, &d, err)) == ST_OK) c->port = (uint16_t)d;
         return st;

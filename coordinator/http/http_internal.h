@@ -4,7 +4,8 @@
  *   - st_http_gen_parse: a request body -> an st_gen_request_t, validated;
  *   - st_http_json_*: OpenAI-shaped responses, stream chunks and errors;
  *   - st_http_bucket_*: the per-key token bucket;
- *   - st_http_audit_*: the audit log (JSON lines, fdatasync, rotation);
+ *   - st_http_audit_*: the audit log (ECS JSON lines in a hash chain,
+ *     fdatasync, daily rotation and retention, watermarked exports);
  *   - st_http_metrics_*: counters and histograms, Prometheus rendering.
  * Internal to coordinator/http/.
  */
@@ -19,6 +20,7 @@
 #include "st_engine.h"
 #include "st_error.h"
 #include "st_http.h"
+#include "st_http_audit.h"
 #include "st_status.h"
 
 /* ---- request parsing ---- */
@@ -92,36 +94,80 @@ typedef struct st_http_bucket {
 int st_http_bucket_take(st_http_bucket_t *b, double rate, double burst, uint64_t now_ns,
                         uint32_t *retry_after_s);
 
-/* ---- audit log ---- */
+/* ---- audit log (audit.c: the file; audit_line.c: the line, dates, key) ---- */
 
 typedef struct st_http_audit st_http_audit_t;
 
+/* What one answered request logs. Strings may be "" (never NULL) for
+ * unknown; unknown fields are left out of the line. */
 typedef struct st_http_audit_rec {
-    int64_t     ts_ms;             /* wall clock, ms since the epoch */
+    int64_t     ts_ms;             /* wall clock, ms since the epoch; also the rotation clock */
     const char *client_ip;
     int         client_port;
-    const char *key_id;            /* "" without keys */
+    const char *key_id;            /* "" without keys or before the key was checked */
     const char *role;
     const char *method;
-    const char *endpoint;
+    const char *path;
     int         status;
+    uint64_t    response_bytes;
+    uint64_t    duration_ns;       /* first byte received to the answer */
+    const char *request_id;
+    int         generation;        /* a generation endpoint: model and token counts logged */
+    const char *model;
     const char *prompt_sha256;     /* hex, "" when no prompt */
     uint32_t    prompt_tokens;
     uint32_t    completion_tokens;
-    uint64_t    response_bytes;
-    double      latency_ms;
 } st_http_audit_rec_t;
 
-st_status_t st_http_audit_open(const char *path, uint64_t max_bytes, uint32_t keep, int sync,
-                               st_http_audit_t **out, st_error_t *err);
+typedef struct st_http_audit_params {
+    const char *path;              /* the current file; rotated ones are path.YYYY-MM-DD[.N] */
+    const char *hmac_key_path;     /* NULL: path.hmac-key, generated at first start */
+    uint64_t    max_bytes;         /* also rotate beyond this size (0: 64 MiB) */
+    uint32_t    retain_days;       /* remove rotated files older than this (0: keep all) */
+    int         sync;              /* fdatasync each line */
+    int64_t     now_ms;            /* the clock at open: start-up rotation and retention */
+} st_http_audit_params_t;
+
+/* Opens (creating) the file, continues the chain from its last line (or
+ * the newest rotated file's), rotates it when it holds an earlier UTC day
+ * or an unchained (older format) log, removes expired rotated files and
+ * loads or generates the HMAC key. */
+st_status_t st_http_audit_open(const st_http_audit_params_t *p, st_http_audit_t **out,
+                               st_error_t *err);
 void        st_http_audit_close(st_http_audit_t *a);
-/* Appends one line (and fdatasyncs it when sync is on); rotates first when
- * the line would pass max_bytes. */
+/* Appends one chained line (fdatasynced when sync is on). Rotates first
+ * when r->ts_ms is on a later UTC day than the file's first line, or the
+ * line would pass max_bytes; retention runs after each rotation. */
 st_status_t st_http_audit_write(st_http_audit_t *a, const st_http_audit_rec_t *r);
 /* The last `lines` lines of the current file (caller frees). */
 st_status_t st_http_audit_tail(st_http_audit_t *a, uint32_t lines, char **out, size_t *len);
-/* Formats a record as one JSON line with '\n' (caller frees); for tests. */
-char       *st_http_audit_format(const st_http_audit_rec_t *r, size_t *len);
+/* The same lines, each watermarked for `reader` (see st_http_audit.h). */
+st_status_t st_http_audit_export(st_http_audit_t *a, uint32_t lines, const char *reader,
+                                 char **out, size_t *len);
+
+/* One ECS line with its chain fields and '\n' (caller frees). */
+char *st_http_audit_format(const st_http_audit_rec_t *r, uint64_t seq, const char prev[65],
+                           size_t *len);
+/* Appends `line` (len bytes, no newline) with the watermark fields and '\n'. */
+void  st_http_audit_watermark(st_http_buf_t *b, const char *line, size_t len, const char *reader,
+                              const uint8_t *key, size_t key_len);
+/* Lowercase hex HMAC-SHA256(key, line "\n" reader) into out[65]. */
+void  st_http_audit_mac(const uint8_t *key, size_t key_len, const char *line, size_t len,
+                        const char *reader, char out[65]);
+
+/* UTC days since 1970-01-01 (floor, so before the epoch is negative). */
+int64_t st_http_audit_day(int64_t ms);
+/* "YYYY-MM-DD" of a day into out[11]. */
+void    st_http_audit_day_str(int64_t day, char out[11]);
+/* Parses exactly "YYYY-MM-DD" (a real date) at s. 1 on success. */
+int     st_http_audit_day_parse(const char *s, int64_t *day);
+/* 1 when `name` (a directory entry) is base.YYYY-MM-DD or base.YYYY-MM-DD.N,
+ * the names rotation gives; *day and *n (0 without .N) set. */
+int     st_http_audit_rotated_name(const char *base, const char *name, int64_t *day, uint32_t *n);
+/* 1 when a rotated file of `day` is past retention on `today`: it is
+ * removed once day < today - retain_days, so each of its lines was kept
+ * at least retain_days days. retain_days 0 keeps everything. */
+int     st_http_audit_expired(int64_t day, int64_t today, uint32_t retain_days);
 
 /* ---- metrics ---- */
 

@@ -48,6 +48,7 @@ typedef struct rinfo {
     char           key_id[ST_HTTP_KEY_ID_MAX];
     const char    *role;
     char           prompt_sha[65];
+    char           request_id[40];   /* the audit log's strata.request.id */
     uint32_t       prompt_tokens, completion_tokens;
     uint64_t       engine_ns;        /* time inside the engine (not front-door overhead) */
     int            tls;
@@ -113,6 +114,7 @@ typedef struct st_http_server {
     char                   model_stem[256];
     int64_t                started;
     uint64_t               next_id;
+    uint64_t               next_req;  /* request ids of the audit log */
     char                   id_prefix[17];
     uint64_t               rng;
     int                    port;

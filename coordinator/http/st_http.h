@@ -59,8 +59,9 @@ typedef struct st_http_config {
     const char *tls_cert;          /* both set: HTTPS with TLS 1.3 only */
     const char *tls_key;
     const char *audit_path;        /* NULL: no audit log */
-    uint64_t    audit_max_bytes;   /* rotate beyond this size (64 MiB) */
-    uint32_t    audit_keep;        /* rotated files kept: <file>.1 .. .N (5) */
+    uint64_t    audit_max_bytes;   /* also rotate beyond this size (64 MiB) */
+    uint32_t    audit_retain_days; /* rotated files <file>.YYYY-MM-DD kept (180; 0: all) */
+    const char *audit_hmac_key;    /* export watermark key; NULL: <file>.hmac-key, generated */
     int         audit_sync;        /* fdatasync each line before replying (1) */
     int         allow_public;      /* bind non-loopback without keys (0) */
     int         metrics_public;    /* /metrics without a key (1) */

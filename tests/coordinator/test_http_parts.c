@@ -1,6 +1,5 @@
 /*
- * test_http_parts.c - the front door's small parts: the token bucket, the
- * audit log (fields, no prompt, fsynced appends, rotation, tail), metrics
+ * test_http_parts.c - the front door's small parts: the token bucket, metrics
  * rendering, error objects and the JSON escaper, and option parsing.
  */
 #include <stdlib.h>
@@ -32,78 +31,7 @@ ST_TEST(bucket_burst_then_rate)
     ST_CHECK(!st_http_bucket_take(&s, 0.25, 1.0, t, &retry) && retry == 4);
 }
 
-static st_http_audit_rec_t rec(int status)
-{
-    st_http_audit_rec_t r;
-    memset(&r, 0, sizeof(r));
-    r.ts_ms = 1700000000123ll;
-    r.client_ip = "127.0.0.1";
-    r.client_port = 5555;
-    r.key_id = "alice";
-    r.role = "user";
-    r.method = "POST";
-    r.endpoint = "/v1/completions";
-    r.status = status;
-    r.prompt_sha256 = "ab12";
-    r.prompt_tokens = 3;
-    r.completion_tokens = 4;
-    r.response_bytes = 99;
-    r.latency_ms = 1.5;
-    return r;
-}
-
-ST_TEST(audit_line)
-{
-    st_http_audit_rec_t r = rec(200);
-    size_t len;
-    char *line = st_http_audit_format(&r, &len);
-    json_error_t je;
-    json_t *o;
-    ST_REQUIRE(line && len > 0 && line[len - 1] == '\n');
-    o = json_loadb(line, len, 0, &je);
-    ST_REQUIRE(o);
-    ST_CHECK(strcmp(json_string_value(json_object_get(o, "ts")), "2023-11-14T22:13:20.123Z") == 0);
-    ST_CHECK(json_integer_value(json_object_get(o, "client_port")) == 5555);
-    ST_CHECK(strcmp(json_string_value(json_object_get(o, "key_id")), "alice") == 0);
-    ST_CHECK(json_integer_value(json_object_get(o, "status")) == 200);
-    ST_CHECK(json_integer_value(json_object_get(o, "completion_tokens")) == 4);
-    ST_CHECK(json_object_get(o, "latency_ms") != NULL);
-    json_decref(o);
-    free(line);
-}
-
-ST_TEST(audit_rotate_and_tail)
-{
-    char path[128], p1[160];
-    st_http_audit_t *a;
-    st_error_t err;
-    struct stat sb;
-    char *tail;
-    size_t len;
-
-    snprintf(path, sizeof(path), "/tmp/strata_audit_%ld.log", (long)getpid());
-    snprintf(p1, sizeof(p1), "%s.1", path);
-    unlink(path);
-    unlink(p1);
-    /* ~260-byte lines, 1000-byte limit: rotation after 3 lines. */
-    ST_REQUIRE(st_http_audit_open(path, 1000, 2, 1, &a, &err) == ST_OK);
-    for (int i = 0; i < 5; i++) {
-        st_http_audit_rec_t r = rec(200 + i);
-        ST_CHECK(st_http_audit_write(a, &r) == ST_OK);
-    }
-    ST_CHECK(stat(p1, &sb) == 0 && sb.st_size > 0 && sb.st_size <= 1000);
-    ST_CHECK(stat(path, &sb) == 0 && (sb.st_mode & 0777) == 0600);
-    ST_REQUIRE(st_http_audit_tail(a, 1, &tail, &len) == ST_OK);
-    ST_CHECK(strstr(tail, "\"status\":204") != NULL);
-    ST_CHECK(strchr(tail, '\n') == tail + len - 1);   /* exactly one line */
-    free(tail);
-    ST_REQUIRE(st_http_audit_tail(a, 100, &tail, &len) == ST_OK);
-    ST_CHECK(strstr(tail, "\"status\":203") != NULL && strstr(tail, "\"status\":200") == NULL);
-    free(tail);
-    st_http_audit_close(a);
-    unlink(path);
-    unlink(p1);
-}
+/* The audit log has its own test: test_http_audit.c. */
 
 ST_TEST(metrics_render)
 {

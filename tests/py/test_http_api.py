@@ -208,16 +208,23 @@ def test_audit_log(srv):
     assert r.status_code == 200
     assert r.json()["choices"][0]["finish_reason"] == "length", r.text
     # written and synced before the answer: it is there now
+    # ECS fields with dotted keys (docs/HTTP.md, "Audit log")
     lines = [json.loads(l) for l in srv.audit.read_text().splitlines()]
-    mine = [l for l in lines if l["prompt_sha256"] == hashlib.sha256(prompt.encode()).hexdigest()]
+    sha = hashlib.sha256(prompt.encode()).hexdigest()
+    mine = [l for l in lines if l.get("strata.prompt_sha256") == sha]
     assert mine, lines[-3:]
     rec = mine[-1]
-    assert rec["status"] == 200 and rec["endpoint"] == "/v1/completions"
-    assert rec["client_ip"] == "127.0.0.1" and rec["client_port"] > 0
-    assert rec["completion_tokens"] == 2 and rec["prompt_tokens"] > 0
-    assert rec["response_bytes"] > 0 and rec["latency_ms"] > 0
-    assert rec["ts"].endswith("Z") and len(rec["ts"]) == len("2024-01-01T00:00:00.000Z")
+    assert rec["http.response.status_code"] == 200 and rec["url.path"] == "/v1/completions"
+    assert rec["http.request.method"] == "POST" and rec["event.outcome"] == "success"
+    assert rec["client.ip"] == "127.0.0.1" and rec["client.port"] > 0
+    assert rec["strata.completion_tokens"] == 2 and rec["strata.prompt_tokens"] > 0
+    assert rec["http.response.body.bytes"] > 0 and rec["event.duration"] > 0
+    ts = rec["@timestamp"]
+    assert ts.endswith("Z") and len(ts) == len("2024-01-01T00:00:00.000Z")
     assert prompt not in srv.audit.read_text()
-    # /admin/audit without keys configured: open like every endpoint
+    # /admin/audit without keys configured: open like every endpoint, and
+    # the export is watermarked for "anonymous"
     t = requests.get(srv.url + "/admin/audit?lines=2")
     assert t.status_code == 200 and len(t.text.strip().splitlines()) == 2
+    assert all(json.loads(l)["strata.export.reader_id"] == "anonymous"
+               for l in t.text.splitlines())

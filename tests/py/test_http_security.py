@@ -115,7 +115,7 @@ def test_roles(keyed):
     assert requests.get(keyed.url + "/metrics").status_code == 200
     # the audit log names the key id and role, never the key
     text = keyed.audit.read_text()
-    assert '"key_id":"auditor1"' in text and '"role":"auditor"' in text
+    assert '"user.id":"auditor1","user.roles":["auditor"]' in text
     assert all(v not in text for v in k.values())
 
 

@@ -183,16 +183,31 @@ def timed_stream(client, model):
     return t0, arrivals, texts, finish, usage
 
 
+def about_one_event_per_token(n_events):
+    """strata writes one event per token, except that tokens the engine hands
+    over while the event loop is still busy go out together in one event
+    (generate.c's mailbox): on this shared 2-core machine 127 events for 128
+    tokens were seen about once in ten runs. nginx itself neither merges nor
+    splits events, and the texts are compared whole; so: all of them but a
+    few."""
+    return N_TOKENS - 8 <= n_events <= N_TOKENS
+
+
 def spread_out(t0, arrivals):
-    """Whether the events arrived over the generation's length rather than in
-    one lump. Relative measures only (the machine is shared and noisy): the
-    first event comes in the first half of the request's time, and fewer than
-    half of them in its last tenth. A buffering proxy hands them all over at
-    the end, together."""
+    """Whether the events arrived as they were made rather than in lumps.
+    strata makes tokens at an even pace, so event i of n is due about i/n of
+    the way through the request; an event held back by a buffer arrives late
+    against that. Relative measures only (the machine is shared and noisy):
+    no event may be more than 30 % of the request's time behind. Measured on
+    the shared 2-core machine, idle and with its cores kept busy: streamed
+    through this config 3-16 %; through nginx with buffering on (default
+    buffers), which holds the first 76 events to about half-way and the rest
+    to the end, 46-60 %."""
     total = arrivals[-1] - t0
-    late = sum(1 for a in arrivals if a >= arrivals[-1] - 0.1 * total)
-    return (arrivals[0] - t0) < 0.5 * total and late < len(arrivals) / 2, \
-        f"first {arrivals[0] - t0:.3f} s, last {total:.3f} s, {late}/{len(arrivals)} in the last tenth"
+    n = len(arrivals)
+    late = max((a - t0) / total - i / n for i, a in enumerate(arrivals))
+    return late < 0.3, f"first {arrivals[0] - t0:.3f} s, last {total:.3f} s, " \
+        f"latest event {late:.0%} of the time behind an even pace"
 
 
 def test_openai_stream_through_nginx(stack):
@@ -205,11 +220,9 @@ def test_openai_stream_through_nginx(stack):
     t0, arrivals, texts, finish, usage = timed_stream(client, model)
     assert "".join(texts) == whole.choices[0].text
     assert finish == "length" and usage.completion_tokens == N_TOKENS
-    # strata writes one event per token (tests/py/test_http_api.py); none is
-    # lost or merged on the way
-    assert len(arrivals) == N_TOKENS
+    assert about_one_event_per_token(len(arrivals)), len(arrivals)
     ok, why = spread_out(t0, arrivals)
-    assert ok, "the stream came through nginx in one lump: " + why
+    assert ok, "the stream came through nginx held back: " + why
 
 
 def test_buffering_proxy_is_caught(stack, tmp_path):
@@ -225,7 +238,7 @@ def test_buffering_proxy_is_caught(stack, tmp_path):
     try:
         client = openai_client(bad, crt2, keys["developer"])
         t0, arrivals, texts, _, _ = timed_stream(client, client.models.list().data[0].id)
-        assert len(arrivals) == N_TOKENS
+        assert about_one_event_per_token(len(arrivals)), len(arrivals)
         ok, why = spread_out(t0, arrivals)
         assert not ok, "a buffering nginx passed the stream check: " + why
     finally:
