@@ -28,6 +28,9 @@ st_http_config_t st_http_config_default(void)
     c.drain_timeout_s = 30;
     c.default_max_tokens = 256;
     c.agent_port = -1;
+    c.ws_ping_s = 30;
+    c.ws_queue = 1000;
+    c.grpc_port = -1;
     return c;
 }
 
@@ -57,7 +60,15 @@ const char *st_http_config_usage(void)
         "  --user-burst B           role user: burst (default 10)\n"
         "  --drain-timeout S        seconds in-flight requests get on SIGTERM (default 30)\n"
         "  --agent-port P           answer HAProxy's agent-check on P (same --host): the\n"
-        "                           replica's weight from its load, drain, down\n";
+        "                           replica's weight from its load, drain, down\n"
+        "  --ws-ping-interval S     WebSocket heartbeat: ping every S s; a client that\n"
+        "                           misses two pongs is closed (default 30; 0 off)\n"
+        "  --ws-queue N             messages queued to a WebSocket client that does not\n"
+        "                           read before it is closed (default 1000)\n"
+        "  --ws-allow-origin LIST   Origins allowed on /ws besides the server's own\n"
+        "                           (comma-separated; * any)\n"
+        "  --grpc-port P            serve the gRPC API (strata.v1.Generator) on P (same\n"
+        "                           --host and TLS; 0 picks a free port)\n";
 }
 
 static st_status_t num(const char *opt, const char *v, double lo, double hi, double *out,
@@ -90,7 +101,8 @@ st_status_t st_http_config_parse_opt(st_http_config_t *c, int argc, char **argv,
     static const char *const with_value[] = {
         "--host", "--port", "--keys", "--tls-cert", "--tls-key", "--audit-log", "--audit-max-mb",
         "--audit-retain-days", "--audit-hmac-key", "--max-body", "--request-timeout", "--max-n", "--user-rate", "--user-burst",
-        "--drain-timeout", "--agent-port", NULL,
+        "--drain-timeout", "--agent-port", "--ws-ping-interval", "--ws-queue",
+        "--ws-allow-origin", "--grpc-port", NULL,
     };
     int known = 0;
     for (int k = 0; with_value[k]; k++)
@@ -112,6 +124,19 @@ st_status_t st_http_config_parse_opt(st_http_config_t *c, int argc, char **argv,
     }
     if (!strcmp(o, "--port")) {
         if ((st = num(o, v, 0, 65535, &d, err)) == ST_OK) c->port = (uint16_t)d;
+        return st;
+    }
+    if (!strcmp(o, "--ws-allow-origin")) { c->ws_origins = v; return ST_OK; }
+    if (!strcmp(o, "--ws-ping-interval")) {
+        if ((st = num(o, v, 0, 3600, &d, err)) == ST_OK) c->ws_ping_s = (int)d;
+        return st;
+    }
+    if (!strcmp(o, "--ws-queue")) {
+        if ((st = num(o, v, 16, 1000000, &d, err)) == ST_OK) c->ws_queue = (uint32_t)d;
+        return st;
+    }
+    if (!strcmp(o, "--grpc-port")) {
+        if ((st = num(o, v, 0, 65535, &d, err)) == ST_OK) c->grpc_port = (int)d;
         return st;
     }
     if (!strcmp(o, "--agent-port")) {

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "st_log.h"
 #include "st_util.h"
@@ -225,7 +226,15 @@ static void finish_request(hreq_t *h)
 
     if (h->evcon)
         evhttp_connection_set_closecb(h->evcon, NULL, NULL);
-    if (h->failed) {
+    if (h->sink) {
+        /* Another door: it answers; the log and the audit are the same. */
+        if (!h->failed) {
+            int code = h->gone ? 499 : first_err ? http_status_of(h->ch[first_err - 1].status)
+                                                 : 200;
+            st_http_log_request(s, &h->ri, code, h->resp_bytes);
+            h->sink->end(h);
+        }
+    } else if (h->failed) {
         /* Answered with an error already; only the engine had to finish. */
     } else if (h->gone || !h->req) {
         st_http_log_request(s, &h->ri, 499, h->resp_bytes);
@@ -320,7 +329,10 @@ static void choice_done(hreq_t *h, choice_t *c)
         st_http_hist_observe(&m->queue, (double)c->queued_ns * 1e-9);
     }
     st_http_hist_add(&m->itl, c->itl_counts, c->itl_sum);
-    if (h->stream && h->replied && !h->gone && !h->failed && c->status == ST_OK) {
+    if (h->sink) {
+        if (!h->gone && !h->failed)
+            h->sink->choice_end(h, c);
+    } else if (h->stream && h->replied && !h->gone && !h->failed && c->status == ST_OK) {
         const char *fr = c->finish;
         stream_event(h, c, NULL, 0, fr);
     }
@@ -355,7 +367,9 @@ void st_http_on_wake(evutil_socket_t fd, short what, void *arg)
                 mark_gone(h);
         }
         if (c->work.len && !h->gone && !h->failed) {
-            if (h->stream)
+            if (h->sink)
+                h->sink->text(h, c, c->work.p, c->work.len);
+            else if (h->stream)
                 stream_event(h, c, c->work.p, c->work.len, NULL);
             else
                 st_http_buf_put(&c->text, c->work.p, c->work.len);
@@ -404,48 +418,42 @@ static const char *param_of(const char *msg)
     return NULL;
 }
 
-void st_http_handle_generate(st_http_server_t *s, struct evhttp_request *req, rinfo_t *ri,
-                             st_http_api_t api)
+/* The engine half every door shares: the model check, the choices handed
+ * to the engine, the request linked into s->active. Returns h, or NULL with
+ * *code (an HTTP status) and err set. A request whose later choice was
+ * refused stays linked, failed, until the engine is done with the earlier
+ * ones (they point at it); *failed_h then names it. */
+static hreq_t *gen_start(st_http_server_t *s, const st_http_gen_t *g, st_http_api_t api,
+                         const rinfo_t *ri, int *code, const char **param, st_error_t *err,
+                         hreq_t **failed_h)
 {
-    struct evbuffer *in = evhttp_request_get_input_buffer(req);
-    size_t len = evbuffer_get_length(in);
-    const char *body = len ? (const char *)evbuffer_pullup(in, -1) : "";
-    st_http_parse_limits_t lim = {s->cfg->max_n, s->cfg->default_max_tokens};
-    st_http_gen_t g;
-    char param[64];
-    st_error_t err;
-    hreq_t *h = NULL;
+    hreq_t *h;
     st_status_t st;
 
-    st_error_clear(&err);
-    st = st_http_gen_parse(&g, api, body, len, &lim, param, &err);
-    if (st != ST_OK) {
-        st_http_reply_error(s, req, ri, st == ST_ERR_NOMEM ? 500 : 400, err.msg, param, NULL, 0);
-        goto out;
+    *failed_h = NULL;
+    *param = NULL;
+    if (g->model && strcmp(g->model, s->model_name) && strcmp(g->model, s->model_file) &&
+        strcmp(g->model, s->model_stem)) {
+        *code = 404;
+        *param = "model";
+        st_error_set(err, ST_ERR_NOT_FOUND, "The model '%.200s' does not exist; this server "
+                     "has '%s'", g->model, s->model_name);
+        return NULL;
     }
-    if (g.model && strcmp(g.model, s->model_name) && strcmp(g.model, s->model_file) &&
-        strcmp(g.model, s->model_stem)) {
-        char msg[ST_ERROR_MAX];
-        snprintf(msg, sizeof(msg), "The model '%.200s' does not exist; this server has '%s'",
-                 g.model, s->model_name);
-        st_http_reply_error(s, req, ri, 404, msg, "model", "model_not_found", 0);
-        goto out;
-    }
-    prompt_hash(&g, ri->prompt_sha);
-
     h = calloc(1, sizeof(*h));
     if (!h) {
-        st_http_reply_error(s, req, ri, 500, "out of memory", NULL, NULL, 0);
-        goto out;
+        *code = 500;
+        st_error_set(err, ST_ERR_NOMEM, "out of memory");
+        return NULL;
     }
     h->s = s;
-    h->req = req;
-    h->evcon = evhttp_request_get_connection(req);
     h->ri = *ri;
+    h->ri.generation = 1;
+    prompt_hash(g, h->ri.prompt_sha);
     h->api = api;
-    h->stream = g.stream;
-    h->include_usage = g.include_usage;
-    h->n = g.n;
+    h->stream = g->stream;
+    h->include_usage = g->include_usage;
+    h->n = g->n;
     h->created = (int64_t)time(NULL);
     snprintf(h->id, sizeof(h->id), "%s-%s%llx", api == ST_HTTP_API_CHAT ? "chatcmpl" : "cmpl",
              s->id_prefix, (unsigned long long)++s->next_id);
@@ -455,27 +463,24 @@ void st_http_handle_generate(st_http_server_t *s, struct evhttp_request *req, ri
     }
 
     for (uint32_t i = 0; i < h->n; i++) {
-        st_gen_request_t r = g.req;
-        r.sampling.seed = g.has_seed ? g.req.sampling.seed + i : next_rand(s);
-        st_error_clear(&err);
-        st = st_engine_submit(s->engine, &r, on_event, &h->ch[i], &h->ch[i].engine_id, &err);
+        st_gen_request_t r = g->req;
+        r.sampling.seed = g->has_seed ? g->req.sampling.seed + i : next_rand(s);
+        st_error_clear(err);
+        st = st_engine_submit(s->engine, &r, on_event, &h->ch[i], &h->ch[i].engine_id, err);
         if (st != ST_OK) {
-            int code = http_status_of(st);
-            if (code == 503)
-                evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
-            if (code >= 500 && code != 503)
-                st_error("http", "submit failed: %s", err.msg);
-            st_http_reply_error(s, req, &h->ri, code, err.msg[0] ? err.msg : st_status_str(st),
-                                code == 400 ? param_of(err.msg) : NULL,
-                                code == 503 ? "server_overloaded" : NULL, 0);
+            *code = http_status_of(st);
+            if (*code >= 500 && *code != 503)
+                st_error("http", "submit failed: %s", err->msg);
+            if (!err->msg[0])
+                st_error_set(err, st, "%s", st_status_str(st));
+            if (*code == 400)
+                *param = param_of(err->msg);
             if (i == 0) {
                 hreq_free(h);
-                h = NULL;
-                goto out;
+                return NULL;
             }
             h->failed = 1;
             h->replied = 1;
-            h->req = NULL;
             for (uint32_t k = 0; k < i; k++)
                 st_engine_cancel(s->engine, h->ch[k].engine_id);
             break;
@@ -490,9 +495,67 @@ void st_http_handle_generate(st_http_server_t *s, struct evhttp_request *req, ri
     s->n_active++;
     s->metrics.requests_active++;
     if (h->failed) {
-        h->evcon = NULL;
+        *failed_h = h;
+        return NULL;
+    }
+    return h;
+}
+
+hreq_t *st_http_gen_submit(st_http_server_t *s, const st_http_gen_t *g, st_http_api_t api,
+                           const rinfo_t *ri, const st_http_sink_t *sink, void *arg, int *code,
+                           const char **param, st_error_t *err)
+{
+    hreq_t *failed;
+    hreq_t *h = gen_start(s, g, api, ri, code, param, err, &failed);
+    if (!h)
+        return NULL;
+    h->sink = sink;
+    h->sink_arg = arg;
+    h->stream = 1;
+    h->replied = 1;
+    s->metrics.streams_active++;
+    return h;
+}
+
+void st_http_gen_cancel(hreq_t *h)
+{
+    mark_gone(h);
+}
+
+void st_http_handle_generate(st_http_server_t *s, struct evhttp_request *req, rinfo_t *ri,
+                             st_http_api_t api)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(in);
+    const char *body = len ? (const char *)evbuffer_pullup(in, -1) : "";
+    st_http_parse_limits_t lim = {s->cfg->max_n, s->cfg->default_max_tokens};
+    st_http_gen_t g;
+    char param[64];
+    const char *eparam;
+    st_error_t err;
+    hreq_t *h, *failed;
+    st_status_t st;
+    int code = 0;
+
+    st_error_clear(&err);
+    st = st_http_gen_parse(&g, api, body, len, &lim, param, &err);
+    if (st != ST_OK) {
+        st_http_reply_error(s, req, ri, st == ST_ERR_NOMEM ? 500 : 400, err.msg, param, NULL, 0);
         goto out;
     }
+    h = gen_start(s, &g, api, ri, &code, &eparam, &err, &failed);
+    if (!h) {
+        if (code != 404)
+            prompt_hash(&g, ri->prompt_sha);
+        if (code == 503)
+            evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
+        st_http_reply_error(s, req, failed ? &failed->ri : ri, code, err.msg, eparam,
+                            code == 404 ? "model_not_found"
+                            : code == 503 ? "server_overloaded" : NULL, 0);
+        goto out;
+    }
+    h->req = req;
+    h->evcon = evhttp_request_get_connection(req);
     evhttp_connection_set_closecb(h->evcon, on_conn_close, h);
     if (h->stream) {
         struct evkeyvalq *oh = evhttp_request_get_output_headers(req);

@@ -180,6 +180,8 @@ typedef enum st_http_ep {
     ST_HTTP_EP_METRICS,
     ST_HTTP_EP_ADMIN,
     ST_HTTP_EP_AUDIT,
+    ST_HTTP_EP_WS,                 /* the /ws upgrade and its generation messages */
+    ST_HTTP_EP_GRPC,               /* the gRPC service's calls */
     ST_HTTP_EP_OTHER,
     ST_HTTP_EP_COUNT_
 } st_http_ep_t;

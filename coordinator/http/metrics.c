@@ -14,7 +14,7 @@
 
 static const char *const ep_names[ST_HTTP_EP_COUNT_] = {
     "/v1/completions", "/v1/chat/completions", "/generate", "/v1/models", "/health",
-    "/metrics", "/admin", "/admin/audit", "other",
+    "/metrics", "/admin", "/admin/audit", "/ws", "grpc", "other",
 };
 
 const char *st_http_ep_name(st_http_ep_t ep)

@@ -195,8 +195,8 @@ void st_http_log_request(st_http_server_t *s, rinfo_t *ri, int code, uint64_t by
         r.path = ri->path;
         r.status = code;
         r.request_id = ri->request_id;
-        r.generation = ri->ep == ST_HTTP_EP_COMPLETIONS || ri->ep == ST_HTTP_EP_CHAT ||
-                       ri->ep == ST_HTTP_EP_GENERATE;
+        r.generation = ri->generation || ri->ep == ST_HTTP_EP_COMPLETIONS ||
+                       ri->ep == ST_HTTP_EP_CHAT || ri->ep == ST_HTTP_EP_GENERATE;
         r.model = s->model_name;
         r.prompt_sha256 = ri->prompt_sha;
         r.prompt_tokens = ri->prompt_tokens;
@@ -546,90 +546,28 @@ static const char *presented_key(struct evkeyvalq *h)
     return evhttp_find_header(h, "x-api-key");
 }
 
-/* An admin key on an /admin/ path: the TOTP code in X-Strata-OTP. 0 when it is
- * good; otherwise the request has been answered. */
-static int admin_second_factor(st_http_server_t *s, struct evhttp_request *req, rinfo_t *ri,
-                               const st_http_key_t *k)
-{
-    const char *otp = evhttp_find_header(evhttp_request_get_input_headers(req), "X-Strata-OTP");
-    char msg[192];
-
-    switch (st_http_key_otp(k, otp, (int64_t)time(NULL))) {
-    case ST_HTTP_OTP_OK:
-        return 0;
-    case ST_HTTP_OTP_MISSING:
-        st_http_reply_error(s, req, ri, 401, "/admin/* needs the admin key's one-time password "
-                            "in the X-Strata-OTP header", NULL, "otp_required", 0);
-        return 1;
-    case ST_HTTP_OTP_BAD:
-        s->metrics.otp_failures++;
-        st_http_reply_error(s, req, ri, 401, "Incorrect or expired one-time password", NULL,
-                            "invalid_otp", 0);
-        return 1;
-    case ST_HTTP_OTP_NOT_ENROLLED:
-        snprintf(msg, sizeof(msg), "admin key '%s' has no second factor; create admin keys "
-                 "with `strata keys add --role admin --totp`", k->id);
-        st_http_reply_error(s, req, ri, 403, msg, NULL, "otp_not_enrolled", 0);
-        return 1;
-    default:
-        st_http_reply_error(s, req, ri, 403, "this strata was built without liboath: admin "
-                            "second factors cannot be checked", NULL, "otp_unavailable", 0);
-        return 1;
-    }
-}
-
 /* 0 when the request may go on; otherwise it has been answered. */
 static int authorize(st_http_server_t *s, struct evhttp_request *req, rinfo_t *ri,
                      const route_t *r)
 {
-    const char *key;
-    const st_http_key_t *k;
-    char msg[160];
+    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+    st_http_access_t a;
 
     if (!s->keys || r->auth == AUTH_NEVER || (r->auth == AUTH_METRICS && s->cfg->metrics_public))
         return 0;
-    key = presented_key(evhttp_request_get_input_headers(req));
-    k = key ? st_http_keys_check(s->keys, key, strlen(key)) : NULL;
-    if (!k) {
-        evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
-                          "Bearer realm=\"strata\"");
-        st_http_reply_error(s, req, ri, 401, key ? "Incorrect API key provided"
-                                                 : "Missing API key: send 'Authorization: "
-                                                   "Bearer <key>'",
-                            NULL, "invalid_api_key", 0);
-        return 1;
+    if (!st_http_access_check(s, presented_key(in), evhttp_find_header(in, "X-Strata-OTP"),
+                              r->path, r->roles, 1, ri, &a))
+        return 0;
+    if (a.www_authenticate)
+        evhttp_add_header(out, "WWW-Authenticate", "Bearer realm=\"strata\"");
+    if (a.code == 429) {
+        char ra[16];
+        snprintf(ra, sizeof(ra), "%u", a.retry_after);
+        evhttp_add_header(out, "Retry-After", ra);
     }
-    snprintf(ri->key_id, sizeof(ri->key_id), "%s", k->id);
-    ri->role = st_http_role_name(k->role);
-    if (!(r->roles & k->role)) {
-        snprintf(msg, sizeof(msg), "role '%s' may not use %s", ri->role, r->path);
-        st_http_reply_error(s, req, ri, 403, msg, NULL, "insufficient_role", 0);
-        return 1;
-    }
-    if (!st_http_key_allows(k, ri->client_ip)) {
-        snprintf(msg, sizeof(msg), "key '%s' may not be used from %s", k->id, ri->client_ip);
-        st_http_reply_error(s, req, ri, 403, msg, NULL, "address_not_allowed", 0);
-        return 1;
-    }
-    if (k->role == ST_HTTP_ROLE_ADMIN && !strncmp(r->path, "/admin/", 7) &&
-        admin_second_factor(s, req, ri, k))
-        return 1;
-    if (k->role == ST_HTTP_ROLE_USER) {
-        uint32_t retry = 1;
-        size_t idx = (size_t)(k - st_http_keys_at(s->keys, 0));
-        if (!st_http_bucket_take(&s->buckets[idx], s->cfg->user_rate, s->cfg->user_burst,
-                                 st_now_ns(), &retry)) {
-            char ra[16];
-            snprintf(ra, sizeof(ra), "%u", retry);
-            evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", ra);
-            s->metrics.rate_limited++;
-            snprintf(msg, sizeof(msg), "Rate limit reached for key '%s': %g requests/s, burst "
-                     "%g; retry after %u s", k->id, s->cfg->user_rate, s->cfg->user_burst, retry);
-            st_http_reply_error(s, req, ri, 429, msg, NULL, "rate_limit_exceeded", 0);
-            return 1;
-        }
-    }
-    return 0;
+    st_http_reply_error(s, req, ri, a.code, a.msg, NULL, a.code_str, 0);
+    return 1;
 }
 
 static void on_request(struct evhttp_request *req, void *arg)

@@ -26,6 +26,19 @@
 #define CONN_BUCKETS 1024
 
 typedef struct hreq hreq_t;
+typedef struct choice choice_t;
+
+/* How a door other than evhttp's request/response (WebSocket, gRPC) gets a
+ * generation's events, on the loop thread. text: more text of choice c;
+ * choice_end: c has ended (c->status, c->finish, c->error, its counts);
+ * end: every choice has ended or the request was cancelled (h->gone): the
+ * door says its last word; h is freed right after. The log, the audit and
+ * the metrics are written by the shared path, not by the door. */
+typedef struct st_http_sink {
+    void (*text)(hreq_t *h, choice_t *c, const char *text, size_t len);
+    void (*choice_end)(hreq_t *h, choice_t *c);
+    void (*end)(hreq_t *h);
+} st_http_sink_t;
 typedef struct st_http_agent st_http_agent_t;
 
 typedef struct conn {
@@ -51,10 +64,11 @@ typedef struct rinfo {
     char           request_id[40];   /* the audit log's strata.request.id */
     uint32_t       prompt_tokens, completion_tokens;
     uint64_t       engine_ns;        /* time inside the engine (not front-door overhead) */
+    int            generation;       /* a generation request (the audit's strata.generation) */
     int            tls;
 } rinfo_t;
 
-typedef struct choice {
+struct choice {
     hreq_t    *h;
     uint32_t   index;
     uint64_t   engine_id;
@@ -76,7 +90,7 @@ typedef struct choice {
     st_http_buf_t text;              /* whole text, non-streaming */
     int        finished;
     int        role_sent;
-} choice_t;
+};
 
 struct hreq {
     struct st_http_server *s;
@@ -95,6 +109,8 @@ struct hreq {
     uint64_t   peek_gen;             /* wake count of the last disconnect check */
     char       id[48];
     int64_t    created;
+    const st_http_sink_t *sink;      /* NULL: evhttp's request (generate.c answers) */
+    void      *sink_arg;
     hreq_t    *prev, *next;
 };
 
@@ -137,6 +153,25 @@ typedef struct st_http_server {
     int                    cancelled_all;
 } st_http_server_t;
 
+/* access.c: the access decision every door shares. */
+typedef struct st_http_access {
+    int         code;                /* 0: allowed; else 401, 403 or 429 */
+    const char *code_str;            /* OpenAI-style error code */
+    char        msg[192];
+    uint32_t    retry_after;         /* seconds, with 429 */
+    int         www_authenticate;    /* no or a wrong key (HTTP adds the header) */
+} st_http_access_t;
+
+/* key: as presented (NULL: none); otp: the admin's one-time password (NULL:
+ * none); path: what is asked for (admin paths need the OTP; messages name it); roles: the
+ * roles that may; rate: take one request from a user key's bucket. Fills
+ * ri->key_id and ri->role once the key is known. Returns a->code. */
+int st_http_access_check(st_http_server_t *s, const char *key, const char *otp, const char *path,
+                         unsigned roles, int rate, rinfo_t *ri, st_http_access_t *a);
+/* One more request from the key already let in (ri->key_id): a WebSocket
+ * message, say. 0, 429 (rate) or 401 (the key was revoked since). */
+int st_http_access_rate(st_http_server_t *s, const rinfo_t *ri, st_http_access_t *a);
+
 /* server.c */
 void st_http_reply(st_http_server_t *s, struct evhttp_request *req, rinfo_t *ri, int code,
                    const char *reason, const char *ctype, const char *body, size_t len,
@@ -161,5 +196,14 @@ void st_http_handle_generate(st_http_server_t *s, struct evhttp_request *req, ri
 void st_http_on_wake(evutil_socket_t fd, short what, void *arg);
 void st_http_check_disconnects(st_http_server_t *s);
 void st_http_cancel_all(st_http_server_t *s);
+/* A door's generation: g (parsed, stream or not) runs on the engine and its
+ * events go to sink. The request, or NULL with *code (an HTTP status: 404
+ * unknown model, 503 busy, 400, 500), *param (the field, or NULL) and err. */
+hreq_t *st_http_gen_submit(st_http_server_t *s, const st_http_gen_t *g, st_http_api_t api,
+                           const rinfo_t *ri, const st_http_sink_t *sink, void *arg, int *code,
+                           const char **param, st_error_t *err);
+/* The door's client left or asked to stop: the engine cancels what runs;
+ * sink->end still comes, with h->gone set. */
+void st_http_gen_cancel(hreq_t *h);
 
 #endif /* ST_HTTP_SERVER_PRIV_H */

@@ -76,6 +76,12 @@ typedef struct st_http_config {
     uint32_t    default_max_tokens;/* chat and /generate without max_tokens (256) */
     const char *model_path;        /* for the model id: its base name is accepted */
     int         agent_port;        /* HAProxy agent check: -1 off (default), 0 a free port */
+    int         ws_ping_s;         /* WebSocket heartbeat: a ping every S s (30); 0 off */
+    uint32_t    ws_queue;          /* messages queued to a WebSocket client before it is
+                                    * closed as not reading (1000) */
+    const char *ws_origins;        /* Origins allowed on /ws besides the page's own:
+                                    * comma-separated, "*" any; NULL: same origin only */
+    int         grpc_port;         /* the gRPC service: -1 off (default), 0 a free port */
     st_http_stage_stats_fn stage_stats;  /* NULL: one stage from the engine */
     void       *stage_stats_ctx;
 } st_http_config_t;
