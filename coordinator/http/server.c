@@ -467,6 +467,26 @@ static void h_audit(st_http_server_t *s, struct evhttp_request *req, rinfo_t *ri
     free(text);
 }
 
+/* The chat page (web/), built into the binary: no files to install, and
+ * nothing it loads comes from anywhere but this server. */
+static void h_page(st_http_server_t *s, struct evhttp_request *req, rinfo_t *ri)
+{
+    const st_http_asset_t *a = st_http_asset_find(ri->path);
+    struct evkeyvalq *oh = evhttp_request_get_output_headers(req);
+
+    if (!a) {
+        st_http_reply_error(s, req, ri, 404, "no such page", NULL, "unknown_url", 0);
+        return;
+    }
+    evhttp_add_header(oh, "Content-Security-Policy", "default-src 'none'; script-src 'self'; "
+                      "style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; "
+                      "base-uri 'none'; form-action 'none'; frame-ancestors 'none'");
+    evhttp_add_header(oh, "X-Content-Type-Options", "nosniff");
+    evhttp_add_header(oh, "Referrer-Policy", "no-referrer");
+    evhttp_add_header(oh, "Cache-Control", "no-cache");
+    st_http_reply(s, req, ri, 200, NULL, a->ctype, (const char *)a->data, a->len, 0);
+}
+
 /* ---- routing ---- */
 
 enum { AUTH_NEVER, AUTH_KEYS, AUTH_METRICS };
@@ -493,6 +513,9 @@ static const route_t routes[] = {
      ST_HTTP_API_GENERATE, NULL},
     /* users too: OpenAI clients and UIs list the models before they generate */
     {"/v1/models", 1, EVHTTP_REQ_GET, ST_HTTP_EP_MODELS, AUTH_KEYS, R_ALL, 0, 0, h_models},
+    {"/ws", 0, EVHTTP_REQ_GET, ST_HTTP_EP_WS, AUTH_KEYS, R_ALL, 0, 0, st_http_handle_ws},
+    {"/", 0, EVHTTP_REQ_GET, ST_HTTP_EP_OTHER, AUTH_NEVER, 0, 0, 0, h_page},
+    {"/chat.js", 0, EVHTTP_REQ_GET, ST_HTTP_EP_OTHER, AUTH_NEVER, 0, 0, 0, h_page},
     {"/health", 0, EVHTTP_REQ_GET, ST_HTTP_EP_HEALTH, AUTH_NEVER, 0, 0, 0, h_health},
     {"/metrics", 0, EVHTTP_REQ_GET, ST_HTTP_EP_METRICS, AUTH_METRICS,
      ST_HTTP_ROLE_ADMIN | ST_HTTP_ROLE_DEVELOPER, 0, 0, h_metrics},
@@ -531,8 +554,9 @@ static const char *method_name(enum evhttp_cmd_type m)
     }
 }
 
-/* The key from "Authorization: Bearer <key>" (or "x-api-key: <key>"). */
-static const char *presented_key(struct evkeyvalq *h)
+/* The key from "Authorization: Bearer <key>" (or "x-api-key: <key>", or on
+ * /ws the subprotocol "bearer.<key>", the one place a browser can put it). */
+static const char *presented_key(struct evkeyvalq *h, const route_t *r, char *buf, size_t cap)
 {
     const char *a = evhttp_find_header(h, "Authorization");
     if (a) {
@@ -543,7 +567,10 @@ static const char *presented_key(struct evkeyvalq *h)
             a++;
         return a;
     }
-    return evhttp_find_header(h, "x-api-key");
+    a = evhttp_find_header(h, "x-api-key");
+    if (!a && r->ep == ST_HTTP_EP_WS && st_http_ws_key(h, buf, cap))
+        a = buf;
+    return a;
 }
 
 /* 0 when the request may go on; otherwise it has been answered. */
@@ -553,10 +580,12 @@ static int authorize(st_http_server_t *s, struct evhttp_request *req, rinfo_t *r
     struct evkeyvalq *in = evhttp_request_get_input_headers(req);
     struct evkeyvalq *out = evhttp_request_get_output_headers(req);
     st_http_access_t a;
+    char kbuf[ST_HTTP_KEY_MAX];
 
     if (!s->keys || r->auth == AUTH_NEVER || (r->auth == AUTH_METRICS && s->cfg->metrics_public))
         return 0;
-    if (!st_http_access_check(s, presented_key(in), evhttp_find_header(in, "X-Strata-OTP"),
+    if (!st_http_access_check(s, presented_key(in, r, kbuf, sizeof(kbuf)),
+                              evhttp_find_header(in, "X-Strata-OTP"),
                               r->path, r->roles, 1, ri, &a))
         return 0;
     if (a.www_authenticate)
@@ -689,6 +718,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         bufferevent_trigger_event(slow[i], BEV_EVENT_READING | BEV_EVENT_TIMEOUT, 0);
     }
     st_http_check_disconnects(s);
+    st_http_ws_tick(s);
     if (s->draining) {
         /* Answers handed to evhttp may still be in socket buffers: wait
          * for every connection to finish writing (bounded). */
@@ -740,6 +770,7 @@ static st_status_t tls_setup(st_http_server_t *s, st_error_t *err)
 
 static void server_free(st_http_server_t *s)
 {
+    st_http_ws_free_all(s);
     if (s->http)
         evhttp_free(s->http);
     for (size_t b = 0; b < CONN_BUCKETS; b++)

@@ -148,6 +148,7 @@ typedef struct st_http_server {
     struct event          *tick;      /* housekeeping: slow clients, disconnects, drain */
     struct event          *sig_term, *sig_int;
     st_http_agent_t       *agent;     /* --agent-port, NULL when off */
+    struct ws_conn        *ws_head;   /* upgraded /ws connections (ws.c) */
     int                    draining;
     uint64_t               drain_deadline_ns;
     int                    cancelled_all;
@@ -189,6 +190,23 @@ uint32_t st_http_stage_stats(st_http_server_t *s, const st_engine_stats_t *es,
 st_status_t st_http_agent_start(st_http_server_t *s, st_http_agent_t **out, st_error_t *err);
 int  st_http_agent_port(const st_http_agent_t *a);
 void st_http_agent_free(st_http_agent_t *a);
+
+/* The chat page's files (web/, embedded by the build). */
+typedef struct st_http_asset {
+    const char          *path;       /* "/", "/chat.js" */
+    const char          *ctype;
+    const unsigned char *data;
+    size_t               len;
+} st_http_asset_t;
+const st_http_asset_t *st_http_asset_find(const char *path);
+
+/* ws.c (ws_off.c when built without wslay) */
+void st_http_handle_ws(st_http_server_t *s, struct evhttp_request *req, rinfo_t *ri);
+/* The key a browser presents as the subprotocol "bearer.<key>" (it cannot
+ * set headers on a WebSocket): 1 and out filled, or 0. */
+int  st_http_ws_key(struct evkeyvalq *in, char *out, size_t cap);
+void st_http_ws_tick(st_http_server_t *s);     /* heartbeat, drain, close deadlines */
+void st_http_ws_free_all(st_http_server_t *s);
 
 /* generate.c */
 void st_http_handle_generate(st_http_server_t *s, struct evhttp_request *req, rinfo_t *ri,
