@@ -8,11 +8,11 @@ cd "$(dirname "$0")/.."
 
 pkgs=(build-essential cmake ninja-build pkg-config git ca-certificates
       libucx-dev ucx-utils libhwloc-dev hwloc libmpich-dev mpich
-      libssl-dev openssl libopenblas-dev libevent-dev libjansson-dev libzstd-dev liboath-dev libp11-kit-dev
+      libssl-dev openssl libopenblas-dev libevent-dev libjansson-dev libzstd-dev liboath-dev libp11-kit-dev libwslay-dev
       iproute2 curl)
 if [[ "${1:-}" == "--test" ]]; then
   pkgs+=(clang libclang-rt-14-dev prometheus wrk procps
-         slurmctld slurmd slurm-client munge nginx haproxy softhsm2 opensc)
+         slurmctld slurmd slurm-client munge nginx haproxy softhsm2 opensc chromium)
 fi
 
 missing=()
