@@ -124,6 +124,7 @@ static st_status_t render_and_tokenize(st_engine_t *e, const st_gen_request_t *r
     char *rendered = NULL;
     size_t len, cap, n = 0;
     int32_t *ids = NULL;
+    unsigned flags;
     st_status_t st = ST_OK;
 
     if (r->messages && r->n_messages) {
@@ -141,23 +142,36 @@ static st_status_t render_and_tokenize(st_engine_t *e, const st_gen_request_t *r
         return st_error_set(err, ST_ERR_INVALID, "request has neither prompt nor messages");
     }
     len = strlen(text);
-    /* A token covers at least one byte, plus BOS. */
-    cap = len + 2;
-    ids = malloc(cap * sizeof(int32_t));
-    if (!ids) {
-        st = st_error_set(err, ST_ERR_NOMEM, "out of memory tokenizing the prompt");
-        goto out;
-    }
     /* A rendered chat already holds the BOS text where its family wants it. */
-    st = st_tokenizer_encode(e->tok, text, len,
-                             ST_TOK_PARSE_SPECIAL | (rendered ? 0u : (unsigned)ST_TOK_ADD_BOS),
-                             ids, cap, &n);
+    flags = ST_TOK_PARSE_SPECIAL | (rendered ? 0u : (unsigned)ST_TOK_ADD_BOS);
+    /* A first guess only: tokens can outnumber bytes. SentencePiece writes
+     * the space prefix and every space as "▁" (3 bytes), and byte fallback
+     * gives each of those bytes its own token, so "hi" on a vocabulary
+     * without "▁" is 5 tokens plus BOS. The encoder reports the full count
+     * with ST_ERR_RANGE, and the second pass has exactly that room. */
+    cap = len + 2;
+    for (int pass = 0; pass < 2; pass++) {
+        int32_t *grown = realloc(ids, cap * sizeof(int32_t));
+        if (!grown) {
+            st = st_error_set(err, ST_ERR_NOMEM, "out of memory tokenizing the prompt");
+            goto out;
+        }
+        ids = grown;
+        st = st_tokenizer_encode(e->tok, text, len, flags, ids, cap, &n);
+        if (st != ST_ERR_RANGE)
+            break;
+        cap = n;
+    }
     if (st != ST_OK) {
         st_error_set(err, st, "cannot tokenize the prompt: %s", st_status_str(st));
         goto out;
     }
     if (n == 0) {
         st = st_error_set(err, ST_ERR_INVALID, "prompt is empty");
+        goto out;
+    }
+    if (n > UINT32_MAX) {   /* the count below is 32-bit; the context check comes later */
+        st = st_error_set(err, ST_ERR_RANGE, "prompt has %zu tokens", n);
         goto out;
     }
     *ids_out = ids;

@@ -211,6 +211,7 @@ def write_model(path: str, n_layer: int = 2, dim: int = 64, n_head: int = 4,
                 separate_output: bool = False, rope_base: float = 10000.0,
                 rope_dim: int | None = None, rope_scale: float | None = None,
                 rms_eps: float = 1e-5, tokenizer_from: str | None = None,
+                tokenizer: dict | None = None,
                 name: str = "strata-test-llama", seed: int = 0) -> str:
     n_head_kv = n_head if n_head_kv is None else n_head_kv
     embd_dtype = embd_dtype or dtype
@@ -225,7 +226,12 @@ def write_model(path: str, n_layer: int = 2, dim: int = 64, n_head: int = 4,
                 raise SystemExit(f"gen_model: {what} {n} is not a multiple of the {dt} block "
                                  f"size {BLOCK[dt]}")
 
-    tok = copied_tokenizer(tokenizer_from) if tokenizer_from else synthetic_tokenizer(vocab)
+    # `tokenizer` (module use only): tokenizer.* keys as {key: (value, type,
+    # array element type)}, for tests that need a vocabulary of their own.
+    if tokenizer is not None:
+        tok = tokenizer
+    else:
+        tok = copied_tokenizer(tokenizer_from) if tokenizer_from else synthetic_tokenizer(vocab)
     n_vocab = len(tok["tokenizer.ggml.tokens"][0])
     rng = np.random.default_rng(seed)
 
