@@ -376,7 +376,7 @@ st_status_t st_tp_wait(st_transport_t *t, int (*done)(void *), void *arg, uint64
     uint64_t now = st_now_ns();
     uint64_t deadline = timeout_ns == ST_TRANSPORT_FOREVER || now + timeout_ns < now
                         ? UINT64_MAX : now + timeout_ns;
-    unsigned idle = 0;
+    unsigned idle = 0, busy = 0;
 
     for (;;) {
         if (st_transport_progress(t)) {
@@ -384,6 +384,16 @@ st_status_t st_tp_wait(st_transport_t *t, int (*done)(void *), void *arg, uint64
             t->active = 1;     /* the clock is read later, off the hot path */
             if (done(arg))
                 return ST_OK;
+            /* The deadline holds while UCX keeps reporting progress too:
+             * a worker that reported some on every call would otherwise
+             * keep this loop from returning, and its caller (a worker's
+             * 2 ms turn to read its control connection) would never run
+             * again. One clock read per 32 busy polls. */
+            if ((++busy & 31) != 0)
+                continue;
+            now = st_now_ns();
+            if (timeout_ns == 0 || now >= deadline)
+                return ST_ERR_TIMEOUT;
             continue;
         }
         if (done(arg))
