@@ -82,6 +82,7 @@ struct ws_conn {
     int                       closing;       /* no more requests; ends once they have */
     int                       dead;          /* the socket is gone or must go now */
     int                       in_wslay;      /* inside wslay_event_recv/send */
+    int                       bad_frame;     /* wslay's parser refused a frame */
     uint64_t                  close_ns;
     uint64_t                  ping_ns;
     int                       ping_out, missed;
@@ -90,6 +91,7 @@ struct ws_conn {
 };
 
 static void kick(ws_conn_t *w);
+static void begin_close(ws_conn_t *w, int code, const char *why);
 
 /* ---- sending ---- */
 
@@ -120,11 +122,22 @@ static int queue_text(ws_conn_t *w, const char *p, size_t len)
         snprintf(why, sizeof(why), "client is not reading: %u messages queued",
                  w->s->cfg->ws_queue);
         st_warn("http", "ws %s:%d: %s; closing", w->ri.client_ip, w->ri.client_port, why);
-        wslay_event_queue_close(w->ctx, WSLAY_CODE_POLICY_VIOLATION, (const uint8_t *)why,
-                                strlen(why));
-        w->closing = 1;
-        w->close_ns = st_now_ns();
+        /* Its requests are cancelled too: left running they would keep the
+         * engine (and the connection) busy for a client that is not there. */
+        begin_close(w, WSLAY_CODE_POLICY_VIOLATION, why);
         return -1;
+    }
+    /* Fragments wslay has read to the end are done with: free them now, not
+     * only with the connection, so a long-lived one does not keep them. */
+    for (ws_frag_t **pp = &w->frags; *pp;) {
+        ws_frag_t *f = *pp;
+        if (f->off == f->len) {
+            *pp = f->next;
+            free(f->p);
+            free(f);
+        } else {
+            pp = &f->next;
+        }
     }
     if (len <= WS_FRAG) {
         struct wslay_event_msg m = {WSLAY_TEXT_FRAME, (const uint8_t *)p, len};
@@ -348,9 +361,26 @@ static ssize_t ws_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t 
 {
     ws_conn_t *w = user;
     struct evbuffer *out = bufferevent_get_output(w->bev);
+    static const uint8_t empty_close[2] = {0x88, 0x00};
+    static const uint8_t close_1002[4] = {0x88, 0x02, WSLAY_CODE_PROTOCOL_ERROR >> 8,
+                                          WSLAY_CODE_PROTOCOL_ERROR & 0xff};
     if (evbuffer_get_length(out) >= WS_OUT_HIGH) {
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
         return -1;
+    }
+    /* A frame wslay's parser refuses (a fragmented or oversized control
+     * frame, a length not in its shortest form) fails the connection with
+     * a close frame without a code; RFC 6455 7.4.1 has 1002 for it, as
+     * wslay sends for the frames it refuses later. That close is the only
+     * one without a code we send, and goes as one 2-byte header: it is
+     * swapped for one with the code. */
+    if (w->bad_frame && len == sizeof(empty_close) && !memcmp(data, empty_close, len)) {
+        if (evbuffer_add(out, close_1002, sizeof(close_1002)) != 0) {
+            wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+            return -1;
+        }
+        w->bytes_out += sizeof(close_1002);
+        return (ssize_t)len;
     }
     if (evbuffer_add(out, data, len) != 0) {
         wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
@@ -575,7 +605,10 @@ static void on_read(struct bufferevent *bev, void *arg)
     }
     w->in_wslay = 1;
     if (wslay_event_recv(w->ctx) != 0) {
-        w->dead = 1;
+        /* ws_recv fails only with WOULDBLOCK: this is a frame wslay's
+         * parser refused (or no memory). The socket is fine; the close
+         * frame wslay queued goes out (ws_send gives it its code). */
+        w->bad_frame = 1;
         w->in_wslay = 0;
         begin_close(w, 0, NULL);
     }
@@ -750,11 +783,20 @@ void st_http_handle_ws(st_http_server_t *s, struct evhttp_request *req, rinfo_t 
     wslay_event_config_set_max_recv_msg_length(w->ctx, s->cfg->max_body);
 
     /* From here the connection is ours (see the top of this file). */
-    bufferevent_set_timeouts(w->bev, NULL, NULL);
     bufferevent_setwatermark(w->bev, EV_READ, 0, WS_IN_HIGH);
     bufferevent_setwatermark(w->bev, EV_WRITE, WS_OUT_HIGH / 2, 0);
     bufferevent_setcb(w->bev, on_read, on_write, on_event, w);
     bufferevent_enable(w->bev, EV_READ | EV_WRITE);
+    /* evhttp armed --request-timeout on both events, and libevent 2.1
+     * drops a persistent event's timeout only if a timer is pending when
+     * it is cleared (else the next read re-arms the old one): a client
+     * quiet for that long after a message was dropped. Arm one, then
+     * clear it. The heartbeat is the idle check here. */
+    {
+        const struct timeval day = {86400, 0};
+        bufferevent_set_timeouts(w->bev, &day, &day);
+        bufferevent_set_timeouts(w->bev, NULL, NULL);
+    }
     send_101(w, key, protos != NULL);
     w->next = s->ws_head;
     if (s->ws_head)
