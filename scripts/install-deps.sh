@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 pkgs=(build-essential cmake ninja-build pkg-config git ca-certificates
       libucx-dev ucx-utils libhwloc-dev hwloc libmpich-dev mpich
       libssl-dev openssl libopenblas-dev libevent-dev libjansson-dev libzstd-dev liboath-dev libp11-kit-dev libwslay-dev
+      libgrpc-dev libprotobuf-c-dev protobuf-c-compiler
       iproute2 curl)
 if [[ "${1:-}" == "--test" ]]; then
   pkgs+=(clang libclang-rt-14-dev prometheus wrk procps

@@ -64,3 +64,8 @@ STRATA_BIN=$STRATA_ASAN_BIN python3 -m pytest -q tests/py/test_arch_ref.py \
 # the same greedy text and go back to idle (docs/TRANSPORT.md, threat model).
 echo "== hostile network under ASan+UBSan"
 STRATA_BIN=$STRATA_ASAN_BIN python3 -m pytest -q tests/py/test_hostile_network.py
+
+# The WebSocket door's hostile frames, close codes, slow readers and drain,
+# sanitized (wslay and the takeover of evhttp's connection).
+echo "== WebSocket door under ASan+UBSan"
+STRATA_BIN=$STRATA_ASAN_BIN python3 -m pytest -q tests/py/test_ws.py

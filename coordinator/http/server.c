@@ -38,6 +38,7 @@
 #include <openssl/err.h>
 #include <openssl/rand.h>
 
+#include "st_http_grpc.h"
 #include "st_log.h"
 #include "st_util.h"
 
@@ -691,6 +692,7 @@ static void start_drain(st_http_server_t *s, const char *why)
         evhttp_del_accept_socket(s->http, s->bound);
         s->bound = NULL;
     }
+    st_http_grpc_shutdown(s->grpc);
     st_info("http", "%s: draining %u in-flight requests (up to %d s)", why, s->n_active,
             s->cfg->drain_timeout_s);
 }
@@ -790,6 +792,7 @@ static void server_free(st_http_server_t *s)
         signal(SIGINT, SIG_IGN);
     }
     st_http_agent_free(s->agent);
+    st_http_grpc_free(s->grpc);
     if (s->chunk) evbuffer_free(s->chunk);
     st_http_buf_free(&s->scratch);
     if (s->base)
@@ -900,6 +903,8 @@ st_status_t st_http_server_run(st_engine_t *engine, const st_http_config_t *cfg,
     }
     if (cfg->agent_port >= 0 && (st = st_http_agent_start(s, &s->agent, err)) != ST_OK)
         goto err;
+    if (cfg->grpc_port >= 0 && (st = st_http_grpc_start(s, &s->grpc, err)) != ST_OK)
+        goto err;
     s->wake = event_new(s->base, -1, 0, st_http_on_wake, s);
     s->tick = event_new(s->base, -1, EV_PERSIST, on_tick, s);
     s->sig_term = evsignal_new(s->base, SIGTERM, on_signal, s);
@@ -922,6 +927,10 @@ st_status_t st_http_server_run(st_engine_t *engine, const st_http_config_t *cfg,
     if (s->agent)
         printf("strata: HAProxy agent check on %s%s%s:%d\n", strchr(cfg->host, ':') ? "[" : "",
                cfg->host, strchr(cfg->host, ':') ? "]" : "", st_http_agent_port(s->agent));
+    if (s->grpc)
+        printf("strata: gRPC on %s%s%s:%d (%s)\n", strchr(cfg->host, ':') ? "[" : "", cfg->host,
+               strchr(cfg->host, ':') ? "]" : "", st_http_grpc_port(s->grpc),
+               s->ssl ? "TLS" : "plaintext");
     fflush(stdout);
 
     event_base_dispatch(s->base);

@@ -40,6 +40,7 @@ typedef struct st_http_sink {
     void (*end)(hreq_t *h);
 } st_http_sink_t;
 typedef struct st_http_agent st_http_agent_t;
+typedef struct st_http_grpc st_http_grpc_t;   /* st_http_grpc.h */
 
 typedef struct conn {
     struct st_http_server *s;
@@ -149,6 +150,7 @@ typedef struct st_http_server {
     struct event          *sig_term, *sig_int;
     st_http_agent_t       *agent;     /* --agent-port, NULL when off */
     struct ws_conn        *ws_head;   /* upgraded /ws connections (ws.c) */
+    st_http_grpc_t        *grpc;      /* --grpc-port, NULL when off */
     int                    draining;
     uint64_t               drain_deadline_ns;
     int                    cancelled_all;
