@@ -788,7 +788,8 @@ def test_wss_greedy(tmp_path):
 # ---- 10. drain ----
 
 def test_sigterm_drain():
-    s = Server()
+    # A drain long enough for 150 tokens under the sanitized binary too.
+    s = Server("--drain-timeout", "300")
     ws = ws_open(s)
     try:
         ws.send(json.dumps({"id": "a", "prompt": PROMPT, "max_tokens": 150, "ignore_eos": True,
