@@ -7,6 +7,11 @@
  * compared with what this machine can read with the same threads
  * (measured here, same run). Prefill is a batched matrix-matrix pass.
  * Each phase is repeated --reps times; medians are reported.
+ *
+ * --depth D decodes at positions D..D+G-1 instead of after the prompt: the
+ * cache is first filled to D (in prompt-sized chunks, untimed), so decode
+ * reads D positions of K/V per layer per token, which is where the KV
+ * cache's element type (--kv-type) shows.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,7 +50,8 @@ static uint64_t peak_rss(void)
 int st_bench_decode(int argc, char **argv)
 {
     const char *model_path = NULL, *v;
-    long threads = 0, P = 128, G = 128, reps = 3, ctx = 2048, l;
+    long threads = 0, P = 128, G = 128, reps = 3, ctx = 2048, depth = 0, l;
+    uint32_t kv_type = ST_KV_TYPE_DEFAULT;
     int json = 0, rc = 1;
     st_model_t *m = NULL;
     st_stage_t *s = NULL;
@@ -58,7 +64,8 @@ int st_bench_decode(int argc, char **argv)
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             printf("usage: strata bench decode -m MODEL [--threads N] [--prompt-tokens P] "
-                   "[--gen-tokens G] [--reps R] [--ctx N] [--json]\n");
+                   "[--gen-tokens G] [--reps R] [--ctx N] [--depth D] [--kv-type f32|f16|q8_0] "
+                   "[--json]\n");
             return 0;
         }
         if (!strcmp(a, "--json")) { json = 1; continue; }
@@ -69,14 +76,17 @@ int st_bench_decode(int argc, char **argv)
         else if (!strcmp(a, "--gen-tokens")) { if (cli_parse_long(a, v, 1, 8192, &l)) return 2; G = l; }
         else if (!strcmp(a, "--reps")) { if (cli_parse_long(a, v, 1, 100, &l)) return 2; reps = l; }
         else if (!strcmp(a, "--ctx")) { if (cli_parse_long(a, v, 16, 1 << 20, &l)) return 2; ctx = l; }
+        else if (!strcmp(a, "--depth")) { if (cli_parse_long(a, v, 0, 1 << 20, &l)) return 2; depth = l; }
+        else if (!strcmp(a, "--kv-type")) { if (cli_kv_type(a, v, &kv_type)) return 2; }
         else { fprintf(stderr, "strata bench decode: unknown option '%s'\n", a); return 2; }
     }
     if (!model_path) {
         fprintf(stderr, "strata bench decode: -m MODEL is required\n");
         return 2;
     }
-    if (P + G > ctx) {
-        fprintf(stderr, "strata bench decode: prompt + gen tokens (%ld) exceed --ctx %ld\n", P + G, ctx);
+    if ((depth ? depth : P) + G > ctx) {
+        fprintf(stderr, "strata bench decode: %s + gen tokens (%ld) exceed --ctx %ld\n",
+                depth ? "depth" : "prompt", (depth ? depth : P) + G, ctx);
         return 2;
     }
     if (threads <= 0)
@@ -92,6 +102,7 @@ int st_bench_decode(int argc, char **argv)
         sp.max_batch = (uint32_t)P;
         sp.max_out = 1;
         sp.n_threads = (int)threads;
+        sp.kv_type = kv_type;
         if (st_stage_create(&sp, &s, &err) != ST_OK) {
             fprintf(stderr, "strata: %s\n", err.msg);
             goto out;
@@ -116,6 +127,29 @@ int st_bench_decode(int argc, char **argv)
             tok[i] = (int32_t)(lo + (uint32_t)(i * 7919) % span);
             pos[i] = (int32_t)i;
         }
+        /* Fill the cache to the depth with the same token sequence, so the
+         * prompt runs below rewrite identical rows. */
+        for (long d0 = 0; d0 < depth; d0 += P) {
+            st_stage_batch_t b = {0};
+            st_stage_out_t o = {0};
+            long n = ST_MIN(P, depth - d0);
+            for (long i = 0; i < n; i++) {
+                tok[i] = (int32_t)(lo + (uint32_t)((d0 + i) * 7919) % span);
+                pos[i] = (int32_t)(d0 + i);
+            }
+            st_stage_slot_setup(s, 0, &greedy);
+            b.n = (uint32_t)n; b.tokens = tok; b.pos = pos; b.slot = slot;
+            b.flags = ST_STAGE_SAMPLE;
+            o.ids = &id;
+            if (st_stage_forward(s, &b, &o, &err) != ST_OK) {
+                fprintf(stderr, "strata: %s\n", err.msg);
+                goto out;
+            }
+        }
+        for (long i = 0; i < P; i++) {
+            tok[i] = (int32_t)(lo + (uint32_t)(i * 7919) % span);
+            pos[i] = (int32_t)i;
+        }
         for (long r = 0; r < reps; r++) {
             st_stage_batch_t b = {0};
             st_stage_out_t o = {0};
@@ -133,7 +167,7 @@ int st_bench_decode(int argc, char **argv)
             pre[r] = (double)P / ((double)(t1 - t0) * 1e-9);
             t0 = st_now_ns();
             for (long g = 0; g < G; g++) {
-                int32_t p = (int32_t)(P + g), sl = 0, in = id;
+                int32_t p = (int32_t)((depth ? depth : P) + g), sl = 0, in = id;
                 b.n = 1; b.tokens = &in; b.pos = &p; b.slot = &sl;
                 if (st_stage_forward(s, &b, &o, &err) != ST_OK) {
                     fprintf(stderr, "strata: %s\n", err.msg);
@@ -157,8 +191,8 @@ int st_bench_decode(int argc, char **argv)
         uint64_t bpt = st_stage_weight_bytes(s);
         uint64_t fsize = stat(model_path, &stt) == 0 ? (uint64_t)stt.st_size : 0;
         uint64_t probe = hp->n_expert && fsize > bpt ? fsize : bpt;
-        uint64_t kvt = st_model_kv_bytes_per_token_layer(m) * hp->n_layer;
-        uint64_t kvt_full = st_model_kv_full_bytes_per_token_layer(m) * hp->n_layer;
+        uint64_t kvt = st_model_kv_bytes_per_token_layer(m, kv_type) * hp->n_layer;
+        uint64_t kvt_full = st_model_kv_full_bytes_per_token_layer(m, kv_type) * hp->n_layer;
         double bw = st_cpu_read_bandwidth_gbps(probe, (int)threads);
         double frac = bw > 0 ? dec_med * (double)bpt / (bw * 1e9) : 0;
         if (json) {
@@ -168,24 +202,26 @@ int st_bench_decode(int argc, char **argv)
                    "\"read_bandwidth_gbps\":%.2f,\"bandwidth_fraction\":%.3f,"
                    "\"peak_rss_bytes\":%llu,\"file_bytes\":%llu,\"kv_cache_bytes\":%llu,"
                    "\"ctx\":%ld,\"arch\":\"%s\",\"n_expert\":%u,\"n_expert_used\":%u,"
-                   "\"kv_bytes_per_token\":%llu,\"kv_full_bytes_per_token\":%llu}\n",
+                   "\"kv_bytes_per_token\":%llu,\"kv_full_bytes_per_token\":%llu,"
+                   "\"kv_type\":\"%s\",\"depth\":%ld}\n",
                    model_path, threads, st_cpu_isa_string(), P, G, reps, pre_med, dec_med,
                    (unsigned long long)bpt, bw, frac, (unsigned long long)rss,
                    (unsigned long long)fsize, (unsigned long long)kv, ctx, st_model_arch(m),
                    hp->n_expert, hp->n_expert_used, (unsigned long long)kvt,
-                   (unsigned long long)kvt_full);
+                   (unsigned long long)kvt_full, st_dtype_name(kv_type), depth);
         } else {
             printf("model            %s\n", model_path);
             printf("threads          %ld (%s)\n", threads, st_cpu_isa_string());
             printf("prefill          %.1f tokens/s  (%ld-token prompt, median of %ld)\n", pre_med, P, reps);
-            printf("decode           %.1f tokens/s  (%ld tokens, median of %ld)\n", dec_med, G, reps);
+            printf("decode           %.1f tokens/s  (%ld tokens from position %ld, median of %ld)\n",
+                   dec_med, G, depth ? depth : P, reps);
             if (hp->n_expert)
                 printf("bytes per token  %.1f MB of weights (%u of %u experts per MoE layer)\n",
                        (double)bpt / 1e6, hp->n_expert_used, hp->n_expert);
             else
                 printf("bytes per token  %.1f MB of weights\n", (double)bpt / 1e6);
-            printf("kv per token     %llu bytes (full K/V would be %llu)\n",
-                   (unsigned long long)kvt, (unsigned long long)kvt_full);
+            printf("kv per token     %llu bytes, %s (full K/V would be %llu)\n",
+                   (unsigned long long)kvt, st_dtype_name(kv_type), (unsigned long long)kvt_full);
             printf("read bandwidth   %.2f GB/s measured with %ld threads over %.0f MB\n", bw, threads, (double)probe / 1e6);
             printf("decode/bandwidth %.1f %% of the read roofline (%.0f tokens/s)\n", 100 * frac,
                    bw * 1e9 / (double)bpt);

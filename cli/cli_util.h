@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "st_dtype.h"
+
 /* Parses a whole decimal/float argument or reports the option by name. */
 static inline int cli_parse_long(const char *opt, const char *s, long lo, long hi, long *out)
 {
@@ -85,5 +87,26 @@ static inline const char *cli_key_value(const char *opt, const char *v)
     }
     return v;
 }
+
+/* --kv-type f32|f16|q8_0: the KV cache's element type (st_dtype.h). */
+static inline int cli_kv_type(const char *opt, const char *v, uint32_t *out)
+{
+    if (st_kv_type_parse(v, out)) {
+        fprintf(stderr, "strata: %s expects one of %s, got '%s'\n", opt, ST_KV_TYPE_NAMES, v);
+        return -1;
+    }
+    return 0;
+}
+
+/* The KV type when --kv-type was not given: f16, except on the CUDA
+ * backend, whose kernels keep an f32 cache (it refuses f16/q8_0 asked for
+ * explicitly). */
+static inline uint32_t cli_kv_default(const char *backend)
+{
+    return backend && !strcmp(backend, "cuda") ? ST_DTYPE_F32 : ST_KV_TYPE_DEFAULT;
+}
+
+#define CLI_KV_TYPE_USAGE \
+    "      --kv-type T      KV cache elements: f16 (default; f32 on cuda), f32, q8_0\n"
 
 #endif /* ST_CLI_UTIL_H */

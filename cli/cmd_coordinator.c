@@ -91,6 +91,7 @@ static void usage(FILE *f)
         "  --split A,B,...         layers per stage (default: the topology planner)\n"
         "  --ctx N --slots N --batch N   context, sequences, tokens per micro-batch\n"
         "  -t, --threads N         compute threads per worker\n"
+        "  --kv-type T             KV cache elements on every stage: f16 (default), f32, q8_0\n"
         "  --transport TLS         UCX_TLS for the data plane (tcp, sm, ...)\n"
         "  --no-verify             skip the SHA-256 check of the workers' model copies\n"
         "  --no-bind               workers do not apply their placement\n"
@@ -511,6 +512,8 @@ int st_cmd_coordinator_run(int argc, char **argv, const st_cli_secret_t *secret)
         } else if (!strcmp(o, "-t") || !strcmp(o, "--threads")) {
             if (cli_parse_long(o, v, 1, 4096, &l)) goto out;
             cp.n_threads = (int)l;
+        } else if (!strcmp(o, "--kv-type")) {
+            if (cli_kv_type(o, v, &cp.kv_type)) goto out;
         } else if (!strcmp(o, "--join-timeout")) {
             if (cli_parse_long(o, v, 1, 86400, &l)) goto out;
             cp.join_timeout_ms = (uint32_t)l * 1000u;

@@ -3,6 +3,9 @@
  * debugging: every position's logits as raw little-endian float32
  * [n_tokens][n_vocab], computed in batches of --batch tokens (the same
  * batched path prefill uses; --batch 1 runs token by token).
+ *
+ * The KV cache is f32 unless --kv-type says otherwise: the logits are
+ * compared with float references at tight tolerances.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +50,7 @@ int st_cmd_eval(int argc, char **argv)
 {
     const char *model_path = NULL, *tokens = NULL, *out_path = NULL, *backend = "cpu", *v;
     long threads = 0, batch = 512, l;
+    uint32_t kv_type = ST_DTYPE_F32;
     int32_t *ids = NULL, *pos = NULL, *slot = NULL;
     uint8_t *want = NULL;
     float *logits = NULL;
@@ -60,7 +64,8 @@ int st_cmd_eval(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            printf("usage: strata eval -m MODEL --tokens 1,2,3 --out FILE [--batch N] [--threads N]\n");
+            printf("usage: strata eval -m MODEL --tokens 1,2,3 --out FILE [--batch N] [--threads N] "
+                   "[--kv-type f32|f16|q8_0]\n");
             return 0;
         }
         if (!(v = cli_value(argc, argv, &i))) return 2;
@@ -68,7 +73,9 @@ int st_cmd_eval(int argc, char **argv)
         else if (!strcmp(a, "--tokens")) tokens = v;
         else if (!strcmp(a, "--out")) out_path = v;
         else if (!strcmp(a, "--backend")) backend = v;
-        else if (!strcmp(a, "--threads") || !strcmp(a, "-t")) {
+        else if (!strcmp(a, "--kv-type")) {
+            if (cli_kv_type(a, v, &kv_type)) return 2;
+        } else if (!strcmp(a, "--threads") || !strcmp(a, "-t")) {
             if (cli_parse_long(a, v, 1, 1024, &l)) return 2;
             threads = l;
         } else if (!strcmp(a, "--batch")) {
@@ -99,6 +106,7 @@ int st_cmd_eval(int argc, char **argv)
         sp.max_out = (uint32_t)batch;
         sp.n_threads = (int)threads;
         sp.backend = backend;
+        sp.kv_type = kv_type;
         if (st_stage_create(&sp, &s, &err) != ST_OK) {
             fprintf(stderr, "strata: %s\n", err.msg);
             goto out;

@@ -67,6 +67,7 @@ static void usage(FILE *f)
         "      --ctx N          context length (default 2048)\n"
         "  -t, --threads N      CPU threads (default: all cores)\n"
         "      --backend NAME   cpu (default) or cuda\n"
+        CLI_KV_TYPE_USAGE
         "      --ignore-eos     keep generating past end-of-sequence\n");
 }
 
@@ -77,7 +78,7 @@ int st_cmd_generate(int argc, char **argv)
     st_chat_msg_t msgs[2];
     const char *model = NULL, *prompt = NULL, *file = NULL, *system = NULL, *v;
     char *file_buf = NULL;
-    int chat = 0, n_stop = 0, rc = 1, ctx_set = 0;
+    int chat = 0, n_stop = 0, rc = 1, ctx_set = 0, kv_set = 0;
     long l;
     double d;
     st_engine_t *e = NULL;
@@ -100,6 +101,10 @@ int st_cmd_generate(int argc, char **argv)
         else if (!strcmp(a, "-f") || !strcmp(a, "--file")) file = v;
         else if (!strcmp(a, "--system")) system = v;
         else if (!strcmp(a, "--backend")) ep.backend = v;
+        else if (!strcmp(a, "--kv-type")) {
+            if (cli_kv_type(a, v, &ep.kv_type)) return 2;
+            kv_set = 1;
+        }
         else if (!strcmp(a, "--key-file") || !strcmp(a, "--key-pkcs11")) {
             if (!(ep.key_file = cli_key_value(a, v))) return 2;
         }
@@ -175,6 +180,8 @@ int st_cmd_generate(int argc, char **argv)
     } else {
         req.prompt = prompt;
     }
+    if (!kv_set)
+        ep.kv_type = cli_kv_default(ep.backend);
     /* Without --ctx, make room for the requested tokens past the default. */
     if (!ctx_set && req.max_tokens + 16 > ep.n_ctx)
         ep.n_ctx = req.max_tokens + 2048;

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "cli_util.h"
 #include "st_dtype.h"
 #include "st_gguf.h"
 #include "st_model.h"
@@ -69,8 +70,10 @@ static st_str_t cstr(const char *s)
 
 static int usage(FILE *f)
 {
-    fprintf(f, "usage: strata info MODEL.gguf [--json]\n"
-               "  --json   print one JSON object instead of text\n");
+    fprintf(f, "usage: strata info MODEL.gguf [--json] [--kv-type f32|f16|q8_0]\n"
+               "  --json       print one JSON object instead of text\n"
+               "  --kv-type T  the KV cache type kv_bytes_per_token is for (default f16,\n"
+               "               the engine's); every type is listed as well\n");
     return f == stdout ? 0 : 2;
 }
 
@@ -83,12 +86,14 @@ typedef struct info_sums {
     uint32_t n_swa, n_moe;
 } info_sums_t;
 
-static info_sums_t sums_of(const st_model_t *m)
+static const uint32_t kv_types[] = {ST_DTYPE_F32, ST_DTYPE_F16, ST_DTYPE_Q8_0};
+
+static info_sums_t sums_of(const st_model_t *m, uint32_t kv_type)
 {
     const st_hparams_t *hp = st_model_hparams(m);
     info_sums_t u = {0};
-    u.kv = st_model_kv_bytes_per_token_layer(m) * hp->n_layer;
-    u.kv_full = st_model_kv_full_bytes_per_token_layer(m) * hp->n_layer;
+    u.kv = st_model_kv_bytes_per_token_layer(m, kv_type) * hp->n_layer;
+    u.kv_full = st_model_kv_full_bytes_per_token_layer(m, kv_type) * hp->n_layer;
     for (uint32_t i = 0; i < hp->n_layer; i++) {
         const st_layer_t *l = st_model_layer(m, i);
         u.layer_bytes += st_model_layer_bytes(m, i);
@@ -104,7 +109,8 @@ static const char *gating_name(st_gating_t g)
     return g == ST_GATING_SIGMOID ? "sigmoid" : "softmax";
 }
 
-static void print_text(const st_model_t *m, const type_usage_t *use, uint64_t total)
+static void print_text(const st_model_t *m, const type_usage_t *use, uint64_t total,
+                       uint32_t kv_type)
 {
     const st_gguf_t *g = st_model_gguf(m);
     const st_hparams_t *hp = st_model_hparams(m);
@@ -134,7 +140,7 @@ static void print_text(const st_model_t *m, const type_usage_t *use, uint64_t to
            have_model ? st_gguf_str_printable(tmodel, buf, sizeof(buf)) : "none",
            have_pre ? st_gguf_str_printable(tpre, buf2, sizeof(buf2)) : "none");
     printf("chat template:  %s\n", have_tmpl ? "present" : "absent");
-    info_sums_t u = sums_of(m);
+    info_sums_t u = sums_of(m, kv_type);
     if (hp->kv_lora_rank) {
         printf("attention:      MLA, q_lora_rank %" PRIu32 ", kv_lora_rank %" PRIu32
                ", key %" PRIu32 " + rope %" PRIu32 ", value %" PRIu32 "\n", hp->q_lora_rank,
@@ -155,11 +161,26 @@ static void print_text(const st_model_t *m, const type_usage_t *use, uint64_t to
         printf("%s, scale %g\n", hp->expert_weights_norm ? ", weights normalized" : "",
                (double)hp->expert_weights_scale);
     }
-    if (u.kv_full != u.kv)
-        printf("kv cache:       %" PRIu64 " bytes per token (f32, all layers; full K/V would be %"
-               PRIu64 ", %.1fx)\n", u.kv, u.kv_full, (double)u.kv_full / (double)u.kv);
+    /* 0: rows that are not whole blocks of the type (q8_0 on heads < 32) */
+    if (u.kv == 0)
+        printf("kv cache:       %s not possible (rows of %" PRIu32 " values are not whole "
+               "blocks)\n", st_dtype_name(kv_type), hp->kv_k_dim);
+    else if (u.kv_full != u.kv)
+        printf("kv cache:       %" PRIu64 " bytes per token (%s, all layers; full K/V would be %"
+               PRIu64 ", %.1fx)\n", u.kv, st_dtype_name(kv_type), u.kv_full,
+               (double)u.kv_full / (double)u.kv);
     else
-        printf("kv cache:       %" PRIu64 " bytes per token (f32, all layers)\n", u.kv);
+        printf("kv cache:       %" PRIu64 " bytes per token (%s, all layers)\n", u.kv,
+               st_dtype_name(kv_type));
+    printf("kv by type:    ");
+    for (size_t i = 0; i < sizeof kv_types / sizeof kv_types[0]; i++) {
+        uint64_t b = sums_of(m, kv_types[i]).kv;
+        if (b)
+            printf(" %s %" PRIu64, st_dtype_name(kv_types[i]), b);
+        else
+            printf(" %s n/a", st_dtype_name(kv_types[i]));
+    }
+    printf(" bytes per token\n");
     printf("layer weights:  %" PRIu64 " bytes, %" PRIu64 " read per token\n", u.layer_bytes,
            u.active_bytes);
     printf("tensors:        %" PRIu64 " (%" PRIu64 " bytes)\n", st_gguf_n_tensors(g), total);
@@ -169,7 +190,8 @@ static void print_text(const st_model_t *m, const type_usage_t *use, uint64_t to
                    use[t].count, use[t].bytes);
 }
 
-static void print_json(const st_model_t *m, const type_usage_t *use, uint64_t total)
+static void print_json(const st_model_t *m, const type_usage_t *use, uint64_t total,
+                       uint32_t kv_type)
 {
     const st_gguf_t *g = st_model_gguf(m);
     const st_hparams_t *hp = st_model_hparams(m);
@@ -200,10 +222,21 @@ static void print_json(const st_model_t *m, const type_usage_t *use, uint64_t to
     else printf("null");
     printf("}, \"chat_template\": %s",
            st_gguf_get_str(g, "tokenizer.chat_template", &s) == ST_OK ? "true" : "false");
-    info_sums_t u = sums_of(m);
-    printf(", \"kv_bytes_per_token\": %" PRIu64 ", \"kv_full_bytes_per_token\": %" PRIu64
-           ", \"layer_bytes\": %" PRIu64 ", \"layer_bytes_per_token\": %" PRIu64, u.kv, u.kv_full,
+    info_sums_t u = sums_of(m, kv_type);
+    printf(", \"kv_type\": \"%s\", \"kv_bytes_per_token\": %" PRIu64
+           ", \"kv_full_bytes_per_token\": %" PRIu64 ", \"layer_bytes\": %" PRIu64
+           ", \"layer_bytes_per_token\": %" PRIu64, st_dtype_name(kv_type), u.kv, u.kv_full,
            u.layer_bytes, u.active_bytes);
+    printf(", \"kv_bytes_per_token_by_type\": {");
+    for (size_t i = 0; i < sizeof kv_types / sizeof kv_types[0]; i++) {
+        uint64_t b = sums_of(m, kv_types[i]).kv;
+        printf("%s\"%s\": ", i ? ", " : "", st_dtype_name(kv_types[i]));
+        if (b)
+            printf("%" PRIu64, b);
+        else
+            printf("null");   /* the type cannot hold these rows */
+    }
+    printf("}");
     if (hp->kv_lora_rank)
         printf(", \"mla\": {\"q_lora_rank\": %" PRIu32 ", \"kv_lora_rank\": %" PRIu32
                ", \"qk_nope_dim\": %" PRIu32 ", \"qk_rope_dim\": %" PRIu32 ", \"v_head_dim\": %"
@@ -237,6 +270,7 @@ int st_cmd_info(int argc, char **argv)
 {
     const char *path = NULL;
     int json = 0;
+    uint32_t kv_type = ST_KV_TYPE_DEFAULT;
     type_usage_t use[ST_DTYPE_COUNT_] = {{0, 0}};
     uint64_t total = 0;
     st_model_t *m;
@@ -245,6 +279,11 @@ int st_cmd_info(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json"))
             json = 1;
+        else if (!strcmp(argv[i], "--kv-type")) {
+            const char *v = cli_value(argc, argv, &i);
+            if (!v || cli_kv_type("--kv-type", v, &kv_type))
+                return 2;
+        }
         else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
             return usage(stdout);
         else if (argv[i][0] == '-' && argv[i][1] != '\0') {
@@ -272,9 +311,9 @@ int st_cmd_info(int argc, char **argv)
         total += t->nbytes;
     }
     if (json)
-        print_json(m, use, total);
+        print_json(m, use, total, kv_type);
     else
-        print_text(m, use, total);
+        print_text(m, use, total, kv_type);
     st_model_close(m);
     return 0;
 }

@@ -49,6 +49,8 @@ static void usage(FILE *f)
         "      --max-queue N        waiting requests before 503 (default 1000)\n"
         "  -t, --threads N          CPU threads (default: all cores)\n"
         "      --backend NAME       cpu (default) or cuda\n"
+        "      --kv-type T          KV cache elements on every stage: f16 (default; f32 on\n"
+        "                           cuda), f32, q8_0\n"
         "%s", st_http_config_usage());
 }
 
@@ -80,7 +82,7 @@ int st_cmd_serve(int argc, char **argv)
     st_error_t err;
     const char *v;
     long workers = 0, l;
-    int rc = 1;
+    int rc = 1, kv_set = 0;
 
     memset(&pipe, 0, sizeof(pipe));
     ep.n_slots = 8;
@@ -109,6 +111,9 @@ int st_cmd_serve(int argc, char **argv)
             if (!(ep.key_file = cli_key_value(a, v))) return 2;
         } else if (!strcmp(a, "--backend")) {
             ep.backend = v;
+        } else if (!strcmp(a, "--kv-type")) {
+            if (cli_kv_type(a, v, &ep.kv_type)) return 2;
+            kv_set = 1;
         } else if (!strcmp(a, "--workers")) {
             if (cli_parse_long(a, v, 0, 64, &workers)) return 2;
         } else if (!strcmp(a, "--slots")) {
@@ -134,6 +139,8 @@ int st_cmd_serve(int argc, char **argv)
         return 2;
     }
     hc.model_path = ep.model_path;
+    if (!kv_set)
+        ep.kv_type = cli_kv_default(workers > 0 ? "cpu" : ep.backend);
     st_error_clear(&err);
     if (st_http_config_check(&hc, &err) != ST_OK) {
         fprintf(stderr, "strata serve: %s\n", err.msg);
@@ -152,6 +159,7 @@ int st_cmd_serve(int argc, char **argv)
         cp.n_slots = ep.n_slots;
         cp.max_batch = ep.max_batch;
         cp.n_threads = ep.n_threads;
+        cp.kv_type = ep.kv_type;
         if (st_cluster_local_create(&cp, &pipe, &err) != ST_OK) {
             fprintf(stderr, "strata serve: cannot start %ld workers: %s\n", workers, err.msg);
             return 1;

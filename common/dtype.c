@@ -1,5 +1,6 @@
 #include "st_dtype.h"
 
+#include <math.h>
 #include <string.h>
 
 /* Indexed by GGUF type number; gaps are types we do not support. */
@@ -338,5 +339,51 @@ void st_dtype_dequantize_row(uint32_t type, const void *src, float *dst, uint64_
          * in results rather than reading past a buffer. */
         memset(dst, 0, n * sizeof(float));
         break;
+    }
+}
+
+int st_kv_type_parse(const char *s, uint32_t *out)
+{
+    static const struct { const char *name; uint32_t type; } kv[] = {
+        {"f32", ST_DTYPE_F32}, {"f16", ST_DTYPE_F16}, {"q8_0", ST_DTYPE_Q8_0},
+    };
+    for (size_t i = 0; s && i < sizeof kv / sizeof kv[0]; i++)
+        if (!strcmp(s, kv[i].name)) {
+            *out = kv[i].type;
+            return 0;
+        }
+    return -1;
+}
+
+int st_dtype_quantize_row(uint32_t type, const float *src, void *dst, uint64_t n)
+{
+    switch (type) {
+    case ST_DTYPE_F32:
+        memcpy(dst, src, (size_t)n * sizeof(float));
+        return 0;
+    case ST_DTYPE_F16: {
+        uint16_t *h = dst;
+        for (uint64_t i = 0; i < n; i++)
+            h[i] = st_f32_to_fp16(src[i]);
+        return 0;
+    }
+    case ST_DTYPE_Q8_0: {
+        uint8_t *b = dst;
+        if (n % 32)
+            return -1;
+        for (uint64_t i = 0; i < n; i += 32, b += 34) {
+            float amax = 0.0f;
+            for (int j = 0; j < 32; j++)
+                amax = fmaxf(amax, fabsf(src[i + j]));
+            float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+            uint16_t dh = st_f32_to_fp16(d);
+            memcpy(b, &dh, 2);
+            for (int j = 0; j < 32; j++)
+                b[2 + j] = (uint8_t)(int8_t)roundf(src[i + j] * id);
+        }
+        return 0;
+    }
+    default:
+        return -1;
     }
 }

@@ -99,4 +99,25 @@ void st_dtype_dequantize_row(uint32_t type, const void *src, float *dst, uint64_
 void st_dtype_kq_scales(uint32_t type, const void *block, float D[16], float O[16]);
 void st_dtype_kq_unit(uint32_t type, const void *block, int c, uint8_t u[32]);
 
+/* ---- KV cache element types ----
+ * The KV cache stores K/V rows as F32, F16 (the default) or Q8_0 (GGUF's
+ * block of 32 int8 with an fp16 scale, quantized as each row is written).
+ * st_kv_type_parse reads "f32" | "f16" | "q8_0"; st_kv_type_valid says
+ * whether a number from outside (wire, config) is one of them. */
+#define ST_KV_TYPE_DEFAULT ST_DTYPE_F16
+#define ST_KV_TYPE_NAMES   "f32, f16, q8_0"
+static inline int st_kv_type_valid(uint32_t type)
+{
+    return type == ST_DTYPE_F32 || type == ST_DTYPE_F16 || type == ST_DTYPE_Q8_0;
+}
+/* 0 and *out set when s names a KV type; -1 otherwise (*out untouched). */
+int st_kv_type_parse(const char *s, uint32_t *out);
+
+/* Reference quantization of n floats into a row of `type` (F32, F16 or
+ * Q8_0; n a multiple of the block size). Q8_0 rounds as ggml's
+ * quantize_row_q8_0_ref: d = max|x| / 127 stored as fp16, q = round(x / d)
+ * with the float d (not its fp16 rounding). Other types: nothing written,
+ * returns -1. */
+int st_dtype_quantize_row(uint32_t type, const float *src, void *dst, uint64_t n);
+
 #endif /* ST_DTYPE_H */

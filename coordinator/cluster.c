@@ -56,6 +56,7 @@ st_cluster_params_t st_cluster_default_params(void)
     p.respawn = 1;
     p.replan_on_join = 1;
     p.replan_wait_ms = 30000;
+    p.kv_type = ST_KV_TYPE_DEFAULT;
     return p;
 }
 
@@ -474,6 +475,7 @@ static void send_plan(st_cluster_t *c, uint32_t s)
     pl->n_slots = c->p.n_slots;
     pl->max_batch = c->p.max_batch;
     pl->n_threads = c->p.n_threads;
+    pl->kv_type = c->p.kv_type;
     pl->flags = (c->p.verify ? ST_CTRL_PLAN_VERIFY : 0) | (c->p.bind ? ST_CTRL_PLAN_BIND : 0);
     pl->n_manifest = n;
     pl->model_size = c->model_size;
@@ -799,6 +801,9 @@ st_status_t cl_start(const st_cluster_params_t *params, st_cluster_t **out, st_e
         params->max_batch > ST_CTRL_MAX_BATCH || params->heartbeat_ms < 10)
         return st_error_set(err, ST_ERR_RANGE, "cluster: n_workers must be 1..%d and n_ctx, "
                             "n_slots, max_batch, heartbeat_ms within limits", ST_CTRL_MAX_STAGES);
+    if (!st_kv_type_valid(params->kv_type))
+        return st_error_set(err, ST_ERR_INVALID, "cluster: KV cache type %u is not one of %s",
+                            params->kv_type, ST_KV_TYPE_NAMES);
     c = calloc(1, sizeof(*c));
     if (!c)
         return st_error_set(err, ST_ERR_NOMEM, "cluster: out of memory");

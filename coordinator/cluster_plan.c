@@ -168,7 +168,7 @@ static void rebalance(st_cluster_t *c)
     uint32_t L = c->n_layer, K = c->n_stages;
     uint64_t *pre = NULL, *best = NULL, head = st_model_output_bytes(c->model);
     uint32_t *cut = NULL, bounds[ST_CTRL_MAX_STAGES + 1];
-    uint64_t kv_layer = st_model_kv_bytes_per_token_layer(c->model) *
+    uint64_t kv_layer = st_model_kv_bytes_per_token_layer(c->model, c->p.kv_type) *
                         (uint64_t)c->p.n_ctx * c->p.n_slots;
 
     if (K < 2 || L > 1024)
@@ -291,7 +291,7 @@ st_status_t cl_compute_split(st_cluster_t *c, wrec_t **cand, uint32_t n_cand,
         pp.model.layer_work = lb + n_layer;
         pp.model.embd_bytes = st_model_embd_bytes(c->model);
         pp.model.output_bytes = st_model_output_bytes(c->model);
-        pp.model.kv_bytes_per_token_layer = st_model_kv_bytes_per_token_layer(c->model);
+        pp.model.kv_bytes_per_token_layer = st_model_kv_bytes_per_token_layer(c->model, c->p.kv_type);
         pp.model.act_bytes_per_seq = 4ull * (6ull * hp->n_embd + 2ull * hp->n_ff + hp->n_vocab);
         pp.n_ctx = c->p.n_ctx;
         pp.n_seq = c->p.n_slots;

@@ -102,6 +102,7 @@ st_engine_params_t st_engine_default_params(void)
     p.prefill_chunk = 128;
     p.max_queue = 1000;
     p.backend = "cpu";
+    p.kv_type = ST_KV_TYPE_DEFAULT;
     return p;
 }
 
@@ -764,7 +765,8 @@ st_status_t st_engine_create(const st_engine_params_t *params, st_engine_t **out
         if (params->prefetch_progress)
             st_model_prefetch(e->model, 0, st_model_hparams(e->model)->n_layer, 3, progress_cb, NULL);
         st = st_pipeline_local_create(e->model, e->p.n_ctx, e->p.n_slots, e->p.max_batch,
-                                      params->backend, params->n_threads, &e->pipe, err);
+                                      params->backend, params->n_threads, params->kv_type,
+                                      &e->pipe, err);
         if (st != ST_OK)
             goto err_tok;
     }

@@ -102,7 +102,7 @@ static const st_pipeline_ops_t local_ops = {
 
 st_status_t st_pipeline_local_create(const st_model_t *m, uint32_t n_ctx, uint32_t n_slots,
                                      uint32_t max_batch, const char *backend, int n_threads,
-                                     st_pipeline_t *out, st_error_t *err)
+                                     uint32_t kv_type, st_pipeline_t *out, st_error_t *err)
 {
     st_stage_params_t sp = st_stage_default_params(m);
     local_pipe_t *lp = calloc(1, sizeof(*lp));
@@ -116,6 +116,7 @@ st_status_t st_pipeline_local_create(const st_model_t *m, uint32_t n_ctx, uint32
     sp.max_out = n_slots < max_batch ? n_slots : max_batch;
     sp.backend = backend;
     sp.n_threads = n_threads;
+    sp.kv_type = kv_type;
     st = st_stage_create(&sp, &lp->stage, err);
     if (st != ST_OK)
         goto err_free;

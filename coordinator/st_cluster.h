@@ -105,6 +105,8 @@ typedef struct st_cluster_params {
                                       coordinator decrypts the whole file into anonymous
                                       memory; local workers get --key-file; shards of an
                                       encrypted model are never streamed. NULL: none */
+    uint32_t    kv_type;           /* KV cache elements on every stage (ST_DTYPE_F32, F16,
+                                      Q8_0; default F16), sent in each PLAN */
 } st_cluster_params_t;
 
 st_cluster_params_t st_cluster_default_params(void);

@@ -56,6 +56,8 @@ typedef struct st_engine_params {
                                       when st_engine_create fails. */
     int            prefetch_progress; /* show model loading progress on stderr */
     const char    *key_file;       /* key of an encrypted model (st_crypt.h); NULL: none */
+    uint32_t       kv_type;        /* local pipeline: KV cache elements (ST_DTYPE_F32, F16
+                                      (default), Q8_0); a cluster takes its own */
 } st_engine_params_t;
 
 #define ST_GEN_MAX_STOP 8
@@ -140,6 +142,6 @@ st_status_t st_engine_count_prompt(st_engine_t *e, const st_gen_request_t *r, ui
 /* The local pipeline (one stage, all layers) over an opened model. */
 st_status_t st_pipeline_local_create(const st_model_t *m, uint32_t n_ctx, uint32_t n_slots,
                                      uint32_t max_batch, const char *backend, int n_threads,
-                                     st_pipeline_t *out, st_error_t *err);
+                                     uint32_t kv_type, st_pipeline_t *out, st_error_t *err);
 
 #endif /* ST_ENGINE_H */

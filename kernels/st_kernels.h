@@ -39,7 +39,7 @@
 /* Bumped whenever the ops table changes layout; backends are built in, so
  * a mismatch means a stale object file. Ops marked optional may be NULL and
  * callers then use the required ops instead. */
-#define ST_BACKEND_ABI_VERSION 3u
+#define ST_BACKEND_ABI_VERSION 4u
 
 typedef struct st_backend_params {
     uint32_t size;        /* sizeof(st_backend_params_t): lets the struct grow */
@@ -55,8 +55,9 @@ typedef struct st_attn_args {
     int            n_head_kv;   /* n_head % n_head_kv == 0 (grouped-query) */
     int            head_dim;
     const float   *q;           /* [n_tokens][n_head * head_dim] */
-    const float   *k_cache;     /* this layer: [n_slots][n_ctx][n_head_kv * head_dim] */
-    const float   *v_cache;     /* same layout as k_cache */
+    const void    *k_cache;     /* this layer: [n_slots][n_ctx] rows of kv_dim elements
+                                   (kv_dim = kv_stride or n_head_kv * head_dim) of kv_type */
+    const void    *v_cache;     /* same layout as k_cache */
     int            n_ctx;       /* tokens per slot */
     const int32_t *slot;        /* host, per token: KV slot of its sequence */
     const int32_t *pos;         /* host, per token: attends to positions 0..pos */
@@ -67,7 +68,11 @@ typedef struct st_attn_args {
     float          softcap;     /* > 0: scores s -> softcap * tanh(s / softcap) */
     int            head_dim_v;  /* value width (0: head_dim); V is read from the
                                    first head_dim_v floats of each v_cache row */
-    int            kv_stride;   /* floats between cache rows (0: n_head_kv * head_dim) */
+    int            kv_stride;   /* elements between cache rows (0: n_head_kv * head_dim) */
+    uint32_t       kv_type;     /* element type of the caches: ST_DTYPE_F32 (0), or F16 /
+                                   Q8_0 on a backend with ST_BE_KV_F16 / ST_BE_KV_Q8_0. A
+                                   Q8_0 row is kv_dim / 32 blocks, so kv_dim, head_dim and
+                                   head_dim_v are multiples of 32 (the stage checks). */
 } st_attn_args_t;
 
 /* Rotary embedding in its general form (optional op rope_ex). */
@@ -93,7 +98,9 @@ typedef struct st_rope_args {
 
 /* Feature bits a backend's ops table declares (st_backend_ops_t.features). */
 enum {
-    ST_BE_ATTN_EX = 1u << 0     /* attention honours window/softcap/head_dim_v/kv_stride */
+    ST_BE_ATTN_EX = 1u << 0,    /* attention honours window/softcap/head_dim_v/kv_stride */
+    ST_BE_KV_F16  = 1u << 1,    /* kv_store/attention take kv_type ST_DTYPE_F16 */
+    ST_BE_KV_Q8_0 = 1u << 2     /* kv_store/attention take kv_type ST_DTYPE_Q8_0 */
 };
 
 typedef struct st_backend_ops {
@@ -129,10 +136,11 @@ typedef struct st_backend_ops {
      * angle pos * freq_scale * theta^(-2j/rope_dim) (GGUF llama "normal" rope). */
     void (*rope)(void *ctx, float *x, int n, int n_heads, int head_dim, int rope_dim,
                  const int32_t *pos, float theta, float freq_scale);
-    /* Store k[i], v[i] (each kv_dim floats) at (slot[i], pos[i]) of the caches. */
+    /* Store k[i], v[i] (each kv_dim floats) at (slot[i], pos[i]) of the caches,
+     * converted to kv_type (rows of kv_dim elements; see st_attn_args_t). */
     void (*kv_store)(void *ctx, const float *k, const float *v, int n, int kv_dim,
-                     const int32_t *slot, const int32_t *pos, float *k_cache, float *v_cache,
-                     int n_ctx);
+                     const int32_t *slot, const int32_t *pos, void *k_cache, void *v_cache,
+                     int n_ctx, uint32_t kv_type);
     /* Causal attention of each token over its slot's cache, positions 0..pos[i]. */
     void (*attention)(void *ctx, const st_attn_args_t *a);
     /* out[j] = silu(gate[j]) * up[j] */

@@ -374,18 +374,18 @@ uint64_t st_model_output_bytes(const st_model_t *m)
     return m->output->nbytes + m->output_norm->nbytes;
 }
 
-uint64_t st_model_kv_bytes_per_token_layer(const st_model_t *m)
+uint64_t st_model_kv_bytes_per_token_layer(const st_model_t *m, uint32_t kv_type)
 {
-    return ((uint64_t)m->hp.kv_k_dim + m->hp.kv_v_dim) * sizeof(float);
+    return st_dtype_row_bytes(kv_type, m->hp.kv_k_dim) + st_dtype_row_bytes(kv_type, m->hp.kv_v_dim);
 }
 
-uint64_t st_model_kv_full_bytes_per_token_layer(const st_model_t *m)
+uint64_t st_model_kv_full_bytes_per_token_layer(const st_model_t *m, uint32_t kv_type)
 {
     const st_hparams_t *hp = &m->hp;
     if (hp->kv_lora_rank)   /* MLA: every head's key (nope + rope) and value */
-        return (uint64_t)hp->n_head * (hp->qk_nope_dim + hp->qk_rope_dim + hp->v_head_dim_mla) *
-               sizeof(float);
-    return st_model_kv_bytes_per_token_layer(m);
+        return st_dtype_row_bytes(kv_type, (uint64_t)hp->n_head *
+                                  (hp->qk_nope_dim + hp->qk_rope_dim + hp->v_head_dim_mla));
+    return st_model_kv_bytes_per_token_layer(m, kv_type);
 }
 
 /* ---- prefetch ------------------------------------------------------------ */

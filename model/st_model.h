@@ -187,11 +187,12 @@ uint64_t st_model_output_bytes(const st_model_t *m);
  * layer the router, attention, shared experts and only n_expert_used of
  * the routed experts (the decode benchmark's bytes per token). */
 uint64_t st_model_layer_active_bytes(const st_model_t *m, uint32_t i);
-/* KV-cache bytes per token per layer (f32; MLA: the latent and rope key). */
-uint64_t st_model_kv_bytes_per_token_layer(const st_model_t *m);
+/* KV-cache bytes per token per layer with elements of kv_type (ST_DTYPE_F32,
+ * F16, Q8_0; MLA: the latent and rope key). 0 when a row is not whole blocks. */
+uint64_t st_model_kv_bytes_per_token_layer(const st_model_t *m, uint32_t kv_type);
 /* What a plain K/V cache of the same attention would need (MLA: every
  * head's full key and value), to report the saving. */
-uint64_t st_model_kv_full_bytes_per_token_layer(const st_model_t *m);
+uint64_t st_model_kv_full_bytes_per_token_layer(const st_model_t *m, uint32_t kv_type);
 
 /* Touch (read) the pages of layers [first, last), plus the embedding when
  * with_embd & 1 and the output head when with_embd & 2, reporting progress.

@@ -53,7 +53,8 @@ st_status_t st_plan_model_from_file(const char *path, uint32_t n_ctx, uint32_t n
         s = st_error_set(err, ST_ERR_OVERFLOW, "%s: output bytes overflow", path);
         goto err_layers;
     }
-    d.model.kv_bytes_per_token_layer = st_model_kv_bytes_per_token_layer(m);
+    /* The engine's default KV type (the cluster plans with its own). */
+    d.model.kv_bytes_per_token_layer = st_model_kv_bytes_per_token_layer(m, ST_KV_TYPE_DEFAULT);
     d.model.act_bytes_per_seq = 4 * floats;
     snprintf(d.name, sizeof(d.name), "%s", st_model_name(m) ? st_model_name(m) : path);
     st_model_close(m);

@@ -478,6 +478,11 @@ static st_status_t load(wk_t *w, st_ctrl_loaded_t *res, st_error_t *err)
     st_status_t st;
     int with = 0;
 
+    /* A newer coordinator may name a type this build lacks: refuse before
+     * mapping anything, and say which. */
+    if (!st_kv_type_valid(pl->kv_type))
+        return st_error_set(err, ST_ERR_UNSUPPORTED, "plan: KV cache type %u is not known to "
+                            "this worker (it knows %s)", pl->kv_type, ST_KV_TYPE_NAMES);
     st = open_model(w, err);
     if (st != ST_OK)
         return st;
@@ -502,6 +507,7 @@ static st_status_t load(wk_t *w, st_ctrl_loaded_t *res, st_error_t *err)
     sp.max_batch = pl->max_batch;
     sp.max_out = ST_MIN(pl->n_slots, pl->max_batch);
     sp.n_threads = w->p->n_threads > 0 ? w->p->n_threads : pl->n_threads;
+    sp.kv_type = pl->kv_type;
     st = st_stage_create(&sp, &w->stage, err);
     if (st != ST_OK)
         return st;

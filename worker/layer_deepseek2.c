@@ -118,7 +118,7 @@ static void mla(st_stage_t *s, const st_layer_t *L, uint32_t li, const st_stage_
     st_lo_rope(s, d->kva, n, row, 1, row, kvl, b->pos, L->rope_theta, L->rope_freq_scale, 1.0f);
     st_lo_rope(s, d->q, n, H * qh, H, qh, nope, b->pos, L->rope_theta, L->rope_freq_scale, 1.0f);
     o->kv_store(c, d->kva, d->kva, n, row, b->slot, b->pos, s->k_cache[li], s->k_cache[li],
-                (int)s->p.n_ctx);
+                (int)s->p.n_ctx, s->p.kv_type);
 
     for (int h = 0; h < H; h++) {
         o->copy2d(c, d->nope, nope, d->q + (size_t)h * qh, H * qh, n, nope);
@@ -139,6 +139,7 @@ static void mla(st_stage_t *s, const st_layer_t *L, uint32_t li, const st_stage_
     a.k_cache = s->k_cache[li];
     a.v_cache = s->k_cache[li];
     a.n_ctx = (int)s->p.n_ctx;
+    a.kv_type = s->p.kv_type;
     a.slot = b->slot;
     a.pos = b->pos;
     a.scale = hp->attn_scale;

@@ -132,7 +132,7 @@ void st_lo_gqa_attention(st_stage_t *s, const st_layer_t *L, uint32_t li,
     st_lo_rope(s, g->k, n, kv_dim, (int)hp->n_head_kv, hd, 0, b->pos, L->rope_theta,
                L->rope_freq_scale, L->rope_freq_scale == 1.0f ? 1.0f : mscale);
     o->kv_store(c, g->k, g->v, n, kv_dim, b->slot, b->pos, s->k_cache[li], s->v_cache[li],
-                (int)s->p.n_ctx);
+                (int)s->p.n_ctx, s->p.kv_type);
 
     memset(&a, 0, sizeof(a));
     a.n_tokens = n;
@@ -143,6 +143,7 @@ void st_lo_gqa_attention(st_stage_t *s, const st_layer_t *L, uint32_t li,
     a.k_cache = s->k_cache[li];
     a.v_cache = s->v_cache[li];
     a.n_ctx = (int)s->p.n_ctx;
+    a.kv_type = s->p.kv_type;
     a.slot = b->slot;
     a.pos = b->pos;
     a.scale = hp->attn_scale;

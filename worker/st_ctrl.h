@@ -57,7 +57,8 @@
 #include "st_status.h"
 
 #define ST_CTRL_MAGIC        0x43525453u   /* "STRC" */
-#define ST_CTRL_VERSION      1u
+/* 2: PLAN carries kv_type (the stage's KV cache element type). */
+#define ST_CTRL_VERSION      2u
 #define ST_CTRL_HDR_SIZE     16u
 #define ST_CTRL_MAX_PAYLOAD  (64u * 1024u)
 #define ST_CTRL_NAME_MAX     64    /* worker and host names, with NUL */
@@ -136,6 +137,9 @@ typedef struct st_ctrl_plan {
     uint32_t n_layer;                   /* layers of the whole model */
     uint32_t n_ctx, n_slots, max_batch;
     int32_t  n_threads;                 /* <= 0: the worker's choice */
+    uint32_t kv_type;                   /* KV cache elements (st_dtype_t: F32, F16, Q8_0).
+                                           Decoded as any number: the worker refuses one
+                                           it does not know, in LOADED, naming it */
     uint32_t flags;                     /* ST_CTRL_PLAN_* */
     uint32_t n_manifest;                /* tensor hashes that follow */
     uint32_t host_rank, host_workers;   /* this worker among the plan's workers on its

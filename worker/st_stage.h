@@ -56,6 +56,8 @@ typedef struct st_stage_params {
     const char       *backend;      /* "cpu" (default) or "cuda" */
     int               n_threads;    /* CPU threads; <= 0: all cores */
     int               device;       /* GPU ordinal for device backends */
+    uint32_t          kv_type;      /* KV cache elements: ST_DTYPE_F32, F16 (default) or
+                                       Q8_0; a backend without it refuses at create */
 } st_stage_params_t;
 
 enum {
@@ -102,7 +104,7 @@ const char  *st_stage_describe(const st_stage_t *s);   /* backend, threads, laye
 /* Bytes of weights this stage reads per forward pass (layers + embedding
  * rows + output head when last): the decode benchmark's bytes per token. */
 uint64_t     st_stage_weight_bytes(const st_stage_t *s);
-/* Bytes of KV cache allocated (n_slots * n_ctx * layers * 2 * kv_dim * 4). */
+/* Bytes of KV cache allocated (n_slots * n_ctx * layers * K and V row bytes of kv_type). */
 uint64_t     st_stage_kv_bytes(const st_stage_t *s);
 
 #endif /* ST_STAGE_H */

@@ -36,6 +36,7 @@ st_stage_params_t st_stage_default_params(const st_model_t *model)
     p.max_out = 1;
     p.backend = "cpu";
     p.n_threads = 0;
+    p.kv_type = ST_KV_TYPE_DEFAULT;
     return p;
 }
 
@@ -58,6 +59,18 @@ static st_status_t check_params(const st_stage_params_t *p, st_error_t *err)
     if (p->last_layer == hp->n_layer && (p->max_out == 0 || p->max_out > p->max_batch))
         return st_error_set(err, ST_ERR_RANGE, "stage: max_out %u must be in 1..max_batch",
                             p->max_out);
+    /* The type may come from a coordinator's plan: a real check. */
+    if (!st_kv_type_valid(p->kv_type))
+        return st_error_set(err, ST_ERR_UNSUPPORTED, "stage: KV cache type %u is not one this "
+                            "build knows (%s)", p->kv_type, ST_KV_TYPE_NAMES);
+    /* A Q8_0 row is whole blocks of 32, and every head must start on one. */
+    if (p->kv_type == ST_DTYPE_Q8_0 &&
+        (hp->head_dim % 32 || (hp->head_dim_v && hp->head_dim_v % 32) || hp->kv_k_dim % 32 ||
+         hp->kv_v_dim % 32))
+        return st_error_set(err, ST_ERR_UNSUPPORTED, "stage: a q8_0 KV cache needs head widths "
+                            "that are multiples of 32 (head_dim %u, value %u, rows %u/%u); "
+                            "use --kv-type f16", hp->head_dim, hp->head_dim_v, hp->kv_k_dim,
+                            hp->kv_v_dim);
     return ST_OK;
 }
 
@@ -186,6 +199,12 @@ st_status_t st_stage_create(const st_stage_params_t *params, st_stage_t **out, s
     st = st_backend_open(params->backend ? params->backend : "cpu", &bp, &s->be, err);
     if (st != ST_OK)
         goto err_free;
+    if ((params->kv_type == ST_DTYPE_F16 && !(s->be.ops->features & ST_BE_KV_F16)) ||
+        (params->kv_type == ST_DTYPE_Q8_0 && !(s->be.ops->features & ST_BE_KV_Q8_0))) {
+        st = st_error_set(err, ST_ERR_UNSUPPORTED, "stage: backend %s has no %s KV cache; use "
+                          "--kv-type f32", s->be.ops->name, st_dtype_name(params->kv_type));
+        goto err_backend;
+    }
     if ((s->hp->embd_scale != 1.0f && (st = st_stage_need_ops(s, ST_NEED_SCALE, err)) != ST_OK) ||
         (s->hp->final_softcap > 0.0f &&
          (st = st_stage_need_ops(s, ST_NEED_SOFTCAP, err)) != ST_OK))
@@ -204,8 +223,8 @@ st_status_t st_stage_create(const st_stage_params_t *params, st_stage_t **out, s
         goto err_bufs;
     }
 
-    s->k_cache = calloc(s->n_layers, sizeof(float *));
-    s->v_cache = calloc(s->n_layers, sizeof(float *));
+    s->k_cache = calloc(s->n_layers, sizeof(void *));
+    s->v_cache = calloc(s->n_layers, sizeof(void *));
     if (!s->k_cache || !s->v_cache) {
         st = st_error_set(err, ST_ERR_NOMEM, "stage: out of memory");
         goto err_bufs;
@@ -215,10 +234,12 @@ st_status_t st_stage_create(const st_stage_params_t *params, st_stage_t **out, s
      * only K (the latent and the rope key); its values are read from it. */
     for (uint32_t l = 0; l < s->n_layers; l++) {
         uint64_t per = (uint64_t)params->n_slots * params->n_ctx;
-        s->k_cache[l] = balloc(s, per * s->hp->kv_k_dim, &st);
+        uint64_t kb = per * st_dtype_row_bytes(params->kv_type, s->hp->kv_k_dim);
+        uint64_t vb = per * st_dtype_row_bytes(params->kv_type, s->hp->kv_v_dim);
+        s->k_cache[l] = balloc(s, (kb + 3) / 4, &st);
         if (s->hp->kv_v_dim)
-            s->v_cache[l] = balloc(s, per * s->hp->kv_v_dim, &st);
-        s->kv_bytes += per * ((uint64_t)s->hp->kv_k_dim + s->hp->kv_v_dim) * sizeof(float);
+            s->v_cache[l] = balloc(s, (vb + 3) / 4, &st);
+        s->kv_bytes += kb + vb;
     }
     if (st != ST_OK) {
         st_error_set(err, st, "stage: cannot allocate KV cache of %llu bytes",
@@ -242,9 +263,10 @@ st_status_t st_stage_create(const st_stage_params_t *params, st_stage_t **out, s
     if (st != ST_OK)
         goto err_fam;
 
-    snprintf(s->desc, sizeof(s->desc), "layers %u-%u of %u on %s", params->first_layer,
-             params->last_layer - 1, s->hp->n_layer,
-             s->be.ops->describe ? s->be.ops->describe(s->be.ctx) : s->be.ops->name);
+    snprintf(s->desc, sizeof(s->desc), "layers %u-%u of %u on %s, %s KV cache",
+             params->first_layer, params->last_layer - 1, s->hp->n_layer,
+             s->be.ops->describe ? s->be.ops->describe(s->be.ctx) : s->be.ops->name,
+             st_dtype_name(params->kv_type));
     *out = s;
     return ST_OK;
 

@@ -22,7 +22,8 @@ struct st_stage {
     uint32_t            n_layers;   /* last - first */
     /* residual stream and two [max_batch][n_embd] work rows, backend memory */
     float *x, *xb, *xb2, *xo, *logits;
-    float **k_cache, **v_cache;     /* per local layer (v NULL when kv_v_dim is 0) */
+    void **k_cache, **v_cache;      /* per local layer, rows of p.kv_type (v NULL when
+                                       kv_v_dim is 0) */
     /* host-side scratch */
     int32_t *out_rows;              /* token index of each output row */
     float   *host_logits;           /* max_out x n_vocab, for sampling */

@@ -150,6 +150,7 @@ static int run_backend(st_model_t *m, const char *backend, uint32_t n, uint32_t 
     sp.max_batch = n;
     sp.max_out = n;
     sp.backend = backend;
+    sp.kv_type = ST_DTYPE_F32;   /* the CUDA kernels keep an f32 cache; CPU alike to compare */
     if (st_stage_create(&sp, &s, &err) != ST_OK) {
         fprintf(stderr, "strata-gpu: %s: %s\n", backend, err.msg);
         goto out;
@@ -307,6 +308,7 @@ static int cmd_bench(int argc, char **argv)
         sp.max_batch = ST_MAX(P, B_max);
         sp.max_out = B_max;
         sp.backend = "cuda";
+        sp.kv_type = ST_DTYPE_F32;   /* the CUDA kernels keep an f32 cache */
         if (st_stage_create(&sp, &s, &err) != ST_OK) {
             fprintf(stderr, "strata-gpu: %s\n", err.msg);
             goto out;

@@ -437,26 +437,40 @@ static void cpu_rope(void *ctx, float *x, int n, int n_heads, int head_dim, int 
 
 /* ---- kv_store ---- */
 
+/* F16 and Q8_0 rows are converted here with the reference rounding
+ * (st_dtype_quantize_row): kv_dim values per token and layer, next to the
+ * matmuls that produced them, so it is not worth a kernel per level. */
 static void cpu_kv_store(void *ctx, const float *k, const float *v, int n, int kv_dim,
-                         const int32_t *slot, const int32_t *pos, float *k_cache, float *v_cache,
-                         int n_ctx)
+                         const int32_t *slot, const int32_t *pos, void *k_cache, void *v_cache,
+                         int n_ctx, uint32_t kv_type)
 {
+    const size_t rb = st_dtype_row_bytes(kv_type, (uint64_t)kv_dim);
     (void)ctx;
+    if (!st_kv_type_valid(kv_type) || rb == 0) {
+        st_error("kernels", "kv_store: rows of %d values cannot be stored as %s", kv_dim,
+                 st_dtype_name(kv_type));
+        return;
+    }
     for (int i = 0; i < n; i++) {
         if (slot[i] < 0 || pos[i] < 0 || pos[i] >= n_ctx) {
             st_error("kernels", "kv_store: token %d at slot %d pos %d outside the cache (n_ctx %d)",
                      i, slot[i], pos[i], n_ctx);
             continue;
         }
-        size_t off = ((size_t)slot[i] * (size_t)n_ctx + (size_t)pos[i]) * (size_t)kv_dim;
-        memcpy(k_cache + off, k + (size_t)i * kv_dim, (size_t)kv_dim * sizeof(float));
-        memcpy(v_cache + off, v + (size_t)i * kv_dim, (size_t)kv_dim * sizeof(float));
+        size_t off = ((size_t)slot[i] * (size_t)n_ctx + (size_t)pos[i]) * rb;
+        st_dtype_quantize_row(kv_type, k + (size_t)i * kv_dim, (uint8_t *)k_cache + off,
+                              (uint64_t)kv_dim);
+        /* MLA stores its one latent row through both pointers. */
+        if (v_cache != k_cache || v != k)
+            st_dtype_quantize_row(kv_type, v + (size_t)i * kv_dim, (uint8_t *)v_cache + off,
+                                  (uint64_t)kv_dim);
     }
 }
 
 /* ---- attention ---- */
 
-#define ATT_BLOCK 64   /* positions scored at once (stack buffer) */
+#define ATT_BLOCK 64     /* positions scored at once (stack buffer) */
+#define ATT_ROW_MAX 1024 /* widest F16/Q8_0 head row decoded on the stack (MLA: 576) */
 
 typedef struct att_job {
     const st_cpu_kernels_t *k;
@@ -468,12 +482,15 @@ static void att_one(const st_cpu_kernels_t *k, const st_attn_args_t *a, int t, i
     const int hd = a->head_dim, hv = a->head_dim_v > 0 ? a->head_dim_v : hd;
     const int kv_dim = a->kv_stride > 0 ? a->kv_stride : a->n_head_kv * hd;
     const int g = h / (a->n_head / a->n_head_kv);
+    const uint32_t ty = a->kv_type;
+    const size_t rb = st_dtype_row_bytes(ty, (uint64_t)kv_dim);
     const float *q = a->q + ((size_t)t * a->n_head + h) * hd;
     float *o = a->out + ((size_t)t * a->n_head + h) * hv;
     const int p = a->pos[t];
     /* A sliding window starts the scan at the oldest position it keeps. */
     const int p0 = a->window > 0 && p + 1 > a->window ? p + 1 - a->window : 0;
     float sc[ATT_BLOCK], m = -INFINITY, l = 0.0f;
+    float kbuf[ATT_ROW_MAX], vbuf[ATT_ROW_MAX];
 
     memset(o, 0, (size_t)hv * sizeof *o);
     if (a->slot[t] < 0 || p < 0 || p >= a->n_ctx) {
@@ -481,23 +498,31 @@ static void att_one(const st_cpu_kernels_t *k, const st_attn_args_t *a, int t, i
                  t, a->slot[t], p, a->n_ctx);
         return;
     }
-    size_t base = (size_t)a->slot[t] * (size_t)a->n_ctx * (size_t)kv_dim + (size_t)g * hd;
-    const float *kc = a->k_cache + base, *vc = a->v_cache + base;
+    size_t base = (size_t)a->slot[t] * (size_t)a->n_ctx * rb +
+                  st_dtype_row_bytes(ty, (uint64_t)g * hd);
+    const uint8_t *kc = (const uint8_t *)a->k_cache + base, *vc = (const uint8_t *)a->v_cache + base;
 
     if (k->attn_head && hd % 16 == 0 && hd <= ST_ATTN_HEAD_MAX_DIM && hv == hd &&
         a->softcap <= 0.0f) {
-        k->attn_head(q, kc + (size_t)p0 * kv_dim, vc + (size_t)p0 * kv_dim, (size_t)kv_dim,
-                     p + 1 - p0, hd, a->scale, o);
+        k->attn_head(ty, q, kc + (size_t)p0 * rb, vc + (size_t)p0 * rb, rb, p + 1 - p0, hd,
+                     a->scale, o);
         return;
     }
 
     /* Online softmax over blocks of positions: the running output is
-     * rescaled once per block when the maximum grows. */
+     * rescaled once per block when the maximum grows. F16/Q8_0 rows are
+     * decoded one head row at a time into kbuf/vbuf (L1), never the cache. */
     for (int j0 = p0; j0 <= p; j0 += ATT_BLOCK) {
         int cnt = ST_MIN(ATT_BLOCK, p + 1 - j0);
         float bm = -INFINITY;
         for (int jj = 0; jj < cnt; jj++) {
-            float x = k->dot_f32(q, kc + (size_t)(j0 + jj) * kv_dim, hd) * a->scale;
+            const uint8_t *kr = kc + (size_t)(j0 + jj) * rb;
+            const float *kf = (const float *)kr;
+            if (ty != ST_DTYPE_F32) {
+                k->kv_load(ty, kr, kbuf, hd);
+                kf = kbuf;
+            }
+            float x = k->dot_f32(q, kf, hd) * a->scale;
             if (a->softcap > 0.0f)
                 x = a->softcap * tanhf(x / a->softcap);
             sc[jj] = x;
@@ -506,9 +531,15 @@ static void att_one(const st_cpu_kernels_t *k, const st_attn_args_t *a, int t, i
         float nm = fmaxf(m, bm);
         float corr = m == -INFINITY ? 0.0f : expf(m - nm);
         l = l * corr + k->exp_sum(sc, nm, cnt);
-        k->axpby(o, corr, vc + (size_t)j0 * kv_dim, sc[0], hv);
-        for (int jj = 1; jj < cnt; jj++)
-            k->axpby(o, 1.0f, vc + (size_t)(j0 + jj) * kv_dim, sc[jj], hv);
+        for (int jj = 0; jj < cnt; jj++) {
+            const uint8_t *vr = vc + (size_t)(j0 + jj) * rb;
+            const float *vf = (const float *)vr;
+            if (ty != ST_DTYPE_F32) {
+                k->kv_load(ty, vr, vbuf, hv);
+                vf = vbuf;
+            }
+            k->axpby(o, jj == 0 ? corr : 1.0f, vf, sc[jj], hv);
+        }
         m = nm;
     }
     float inv = 1.0f / l;
@@ -531,6 +562,17 @@ static void cpu_attention(void *ctx, const st_attn_args_t *a)
         st_error("kernels", "attention: n_head %d is not a multiple of n_head_kv %d", a->n_head,
                  a->n_head_kv);
         return;
+    }
+    if (a->kv_type != ST_DTYPE_F32) {
+        const int hd = a->head_dim, hv = a->head_dim_v > 0 ? a->head_dim_v : hd;
+        const int kv_dim = a->kv_stride > 0 ? a->kv_stride : a->n_head_kv * hd;
+        const int blk = a->kv_type == ST_DTYPE_Q8_0 ? 32 : 1;
+        if (!st_kv_type_valid(a->kv_type) || hd > ATT_ROW_MAX || hv > ATT_ROW_MAX || hd % blk ||
+            hv % blk || kv_dim % blk) {
+            st_error("kernels", "attention: a %s cache cannot hold heads of %d/%d in rows of %d",
+                     st_dtype_name(a->kv_type), hd, hv, kv_dim);
+            return;
+        }
     }
     for (int t = 0; t < a->n_tokens; t++)
         work += (uint64_t)(a->pos[t] > 0 ? a->pos[t] + 1 : 1);
@@ -633,7 +675,7 @@ static const st_backend_ops_t cpu_ops = {
     .swiglu = cpu_swiglu,
     .add = cpu_add,
     .matmul_multi = cpu_matmul_multi,
-    .features = ST_BE_ATTN_EX,
+    .features = ST_BE_ATTN_EX | ST_BE_KV_F16 | ST_BE_KV_Q8_0,
     .rope_ex = st_cpu_rope_ex,
     .add_row = st_cpu_add_row,
     .geglu = cpu_geglu,

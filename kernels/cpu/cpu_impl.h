@@ -224,11 +224,16 @@ typedef struct st_cpu_kernels {
      * on every call for the same n). */
     float (*exp_sum)(float *x, float m, int n);
     /* Optional: one attention head, out = softmax(scale * q.K^T) V over
-     * npos positions whose k/v rows are kv_stride floats apart. Handles
-     * head_dim % 16 == 0 && head_dim <= ATTN_HEAD_MAX_DIM; NULL or other
-     * sizes use the generic path in cpu_backend.c. */
-    void (*attn_head)(const float *q, const float *k, const float *v, size_t kv_stride, int npos,
-                      int head_dim, float scale, float *out);
+     * npos positions whose k/v rows (of kv_type: F32, F16 or Q8_0, read in
+     * place) are row_bytes apart. Handles head_dim % 16 == 0 && head_dim <=
+     * ATTN_HEAD_MAX_DIM (Q8_0: % 32); NULL or other sizes use the generic
+     * path in cpu_backend.c. */
+    void (*attn_head)(uint32_t kv_type, const float *q, const void *k, const void *v,
+                      size_t row_bytes, int npos, int head_dim, float scale, float *out);
+    /* n values of a KV-cache row of kv_type (F16; Q8_0 with n % 32 == 0,
+     * from a block boundary) as floats: the generic attention path decodes
+     * one row of one head at a time into a stack buffer, never the cache. */
+    void (*kv_load)(uint32_t kv_type, const void *src, float *dst, int n);
 } st_cpu_kernels_t;
 
 const st_cpu_kernels_t *st_cpu_kernels_scalar(void);

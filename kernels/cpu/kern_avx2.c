@@ -563,6 +563,167 @@ static void dequant_row_avx2(int type, const void *src, float *dst, int n)
     }
 }
 
+/* Elements 8c..8c+7 of a KV-cache row of kv_type as floats, read in place:
+ * F16 by F16C, Q8_0 as int8 -> int32 -> float times the block's fp16 scale
+ * (a block of 32 is chunks 4b..4b+3). Callers pass the type as a constant. */
+INLINE __m256 kv_row8(uint32_t type, const uint8_t *row, int c)
+{
+    if (type == ST_DTYPE_F16)
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + (size_t)c * 16)));
+    if (type == ST_DTYPE_Q8_0) {
+        const uint8_t *b = row + (size_t)(c >> 2) * 34;
+        uint16_t dh;
+        memcpy(&dh, b, sizeof dh);
+        __m128i q8 = _mm_loadl_epi64((const __m128i *)(b + 2 + (c & 3) * 8));
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8)),
+                             _mm256_set1_ps(_cvtsh_ss(dh)));
+    }
+    return _mm256_loadu_ps((const float *)row + c * 8);
+}
+
+/* The 32 int8 of a Q8_0 block as 4 x 8 floats (unscaled). */
+INLINE void q8_block8(const uint8_t *blk, __m256 w[4])
+{
+    __m128i lo = _mm_loadu_si128((const __m128i *)(blk + 2));
+    __m128i hi = _mm_loadu_si128((const __m128i *)(blk + 18));
+    w[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
+    w[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
+    w[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
+    w[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
+}
+
+INLINE float q8_scale(const uint8_t *blk)
+{
+    uint16_t dh;
+    memcpy(&dh, blk, sizeof dh);
+    return _cvtsh_ss(dh);
+}
+
+/* One head of attention, 8 positions per online-softmax step, q and the
+ * running output in registers, K/V rows decoded in registers (kv_row8).
+ * Against the generic path (a kv_load, a dot and an axpy call per
+ * position) this keeps the cache's bytes the only memory traffic, which is
+ * what a compact cache saves. */
+INLINE void attn_head_n8(uint32_t type, const float *q, const uint8_t *k, const uint8_t *v,
+                         size_t row_bytes, int npos, int nq, float scale, float *out)
+{
+    __m256 qv[ST_ATTN_HEAD_MAX_DIM / 8], o[ST_ATTN_HEAD_MAX_DIM / 8];
+    float m = -INFINITY, l = 0.0f;
+    float p[8];
+
+    for (int c = 0; c < nq; c++) {
+        qv[c] = _mm256_mul_ps(_mm256_loadu_ps(q + c * 8), _mm256_set1_ps(scale));
+        o[c] = _mm256_setzero_ps();
+    }
+    for (int j0 = 0; j0 < npos; j0 += 8) {
+        const int cnt = ST_MIN(8, npos - j0);
+        float bm = -INFINITY;
+        for (int jj = 0; jj < 8; jj++) {
+            if (jj >= cnt) {
+                p[jj] = -INFINITY;
+                continue;
+            }
+            const uint8_t *kr = k + (size_t)(j0 + jj) * row_bytes;
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+            if (type == ST_DTYPE_Q8_0) {
+                /* d * (q . x) per block: one scale per 32 values */
+                for (int c = 0; c < nq; c += 4) {
+                    const uint8_t *blk = kr + (size_t)(c >> 2) * 34;
+                    __m256 w[4];
+                    q8_block8(blk, w);
+                    __m256 t = _mm256_mul_ps(w[0], qv[c]);
+                    t = _mm256_fmadd_ps(w[1], qv[c + 1], t);
+                    t = _mm256_fmadd_ps(w[2], qv[c + 2], t);
+                    t = _mm256_fmadd_ps(w[3], qv[c + 3], t);
+                    a0 = _mm256_fmadd_ps(t, _mm256_set1_ps(q8_scale(blk)), a0);
+                }
+            } else {
+                for (int c = 0; c < nq; c += 2) {
+                    a0 = _mm256_fmadd_ps(kv_row8(type, kr, c), qv[c], a0);
+                    a1 = _mm256_fmadd_ps(kv_row8(type, kr, c + 1), qv[c + 1], a1);
+                }
+            }
+            p[jj] = hsum256(_mm256_add_ps(a0, a1));
+            bm = fmaxf(bm, p[jj]);
+        }
+        float nm = fmaxf(m, bm);
+        float corr = m == -INFINITY ? 0.0f : expf(m - nm);
+        /* exp(-inf - nm) is 0 for the unused lanes */
+        __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(p), _mm256_set1_ps(nm)));
+        e = _mm256_and_ps(e, _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+                _mm256_set1_epi32(cnt), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))));
+        l = l * corr + hsum256(e);
+        _mm256_storeu_ps(p, e);
+        for (int c = 0; c < nq; c++)
+            o[c] = _mm256_mul_ps(o[c], _mm256_set1_ps(corr));
+        for (int jj = 0; jj < cnt; jj++) {
+            const uint8_t *vr = v + (size_t)(j0 + jj) * row_bytes;
+            if (type == ST_DTYPE_Q8_0) {
+                for (int c = 0; c < nq; c += 4) {
+                    const uint8_t *blk = vr + (size_t)(c >> 2) * 34;
+                    __m256 w[4], pd = _mm256_set1_ps(p[jj] * q8_scale(blk));
+                    q8_block8(blk, w);
+                    for (int i = 0; i < 4; i++)
+                        o[c + i] = _mm256_fmadd_ps(w[i], pd, o[c + i]);
+                }
+                continue;
+            }
+            __m256 pj = _mm256_set1_ps(p[jj]);
+            for (int c = 0; c < nq; c++)
+                o[c] = _mm256_fmadd_ps(kv_row8(type, vr, c), pj, o[c]);
+        }
+        m = nm;
+    }
+    __m256 inv = _mm256_set1_ps(1.0f / l);
+    for (int c = 0; c < nq; c++)
+        _mm256_storeu_ps(out + c * 8, _mm256_mul_ps(o[c], inv));
+}
+
+INLINE void attn_head_t8(uint32_t type, const float *q, const uint8_t *k, const uint8_t *v,
+                         size_t row_bytes, int npos, int head_dim, float scale, float *out)
+{
+    if (head_dim == 64)
+        attn_head_n8(type, q, k, v, row_bytes, npos, 8, scale, out);
+    else if (head_dim == 128)
+        attn_head_n8(type, q, k, v, row_bytes, npos, 16, scale, out);
+    else if (head_dim == 256)
+        attn_head_n8(type, q, k, v, row_bytes, npos, 32, scale, out);
+    else
+        attn_head_n8(type, q, k, v, row_bytes, npos, head_dim / 8, scale, out);
+}
+
+static void attn_head_avx2(uint32_t kv_type, const float *q, const void *k, const void *v,
+                           size_t row_bytes, int npos, int head_dim, float scale, float *out)
+{
+    if (kv_type == ST_DTYPE_F16)
+        attn_head_t8(ST_DTYPE_F16, q, k, v, row_bytes, npos, head_dim, scale, out);
+    else if (kv_type == ST_DTYPE_Q8_0)
+        attn_head_t8(ST_DTYPE_Q8_0, q, k, v, row_bytes, npos, head_dim, scale, out);
+    else
+        attn_head_t8(ST_DTYPE_F32, q, k, v, row_bytes, npos, head_dim, scale, out);
+}
+
+/* A KV-cache row as floats for the generic attention path: F16 through
+ * F16C, Q8_0 block by block (int8 -> int32 -> float times the block's fp16
+ * scale). One row of one head at a time, into the caller's stack buffer. */
+static void kv_load_avx2(uint32_t kv_type, const void *src, float *dst, int n)
+{
+    if (kv_type == ST_DTYPE_Q8_0) {
+        const uint8_t *b = src;
+        for (int i = 0; i + 32 <= n; i += 32, b += 34) {
+            uint16_t dh;
+            memcpy(&dh, b, sizeof dh);
+            __m256 d = _mm256_set1_ps(_cvtsh_ss(dh));
+            for (int c = 0; c < 4; c++) {
+                __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b + 2 + 8 * c)));
+                _mm256_storeu_ps(dst + i + 8 * c, _mm256_mul_ps(_mm256_cvtepi32_ps(q), d));
+            }
+        }
+        return;
+    }
+    dequant_row_avx2((int)kv_type, src, dst, n);
+}
+
 static const st_cpu_kernels_t kernels_avx2 = {
     .isa = ST_CPU_ISA_AVX2,
     .quantize_row = quantize_row_avx2,
@@ -579,6 +740,8 @@ static const st_cpu_kernels_t kernels_avx2 = {
     .geglu = geglu_avx2,
     .add = add_avx2,
     .axpby = axpby_avx2,
+    .kv_load = kv_load_avx2,
+    .attn_head = attn_head_avx2,
     .exp_sum = exp_sum_avx2,
 };
 

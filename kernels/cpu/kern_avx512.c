@@ -591,12 +591,32 @@ static float exp_sum_avx512(float *x, float mx, int n)
     return _mm512_reduce_add_ps(s);
 }
 
+/* Elements 16c..16c+15 of a KV-cache row of kv_type as floats, read in
+ * place: F16 by F16C, Q8_0 as int8 -> int32 -> float times the block's
+ * fp16 scale (a block of 32 is chunks 2b and 2b+1). The callers pass the
+ * type as a constant, so each instance keeps one load form. */
+INLINE __m512 kv_row16(uint32_t type, const uint8_t *row, int c)
+{
+    if (type == ST_DTYPE_F16)
+        return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(row + (size_t)c * 32)));
+    if (type == ST_DTYPE_Q8_0) {
+        const uint8_t *b = row + (size_t)(c >> 1) * 34;
+        uint16_t dh;
+        memcpy(&dh, b, sizeof dh);
+        __m128i q8 = _mm_loadu_si128((const __m128i *)(b + 2 + (c & 1) * 16));
+        return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q8)),
+                             _mm512_set1_ps(_cvtsh_ss(dh)));
+    }
+    return _mm512_loadu_ps((const float *)row + c * 16);
+}
+
 /* One head of attention, 16 positions at a time: the 16 scores come out of
  * one shared reduction (reduce4_512 x 4) instead of a horizontal sum per
  * position, and the running output stays in registers. Measured ~10x the
- * generic path (a dot and an axpy call per position). */
-INLINE void attn_head_n(const float *q, const float *k, const float *v, size_t kv_stride,
-                        int npos, int nq, float scale, float *out)
+ * generic path (a dot and an axpy call per position). K and V rows are
+ * row_bytes apart and decoded in registers (kv_row16), never copied. */
+INLINE void attn_head_n(uint32_t type, const float *q, const uint8_t *k, const uint8_t *v,
+                        size_t row_bytes, int npos, int nq, float scale, float *out)
 {
     __m512 qv[ST_ATTN_HEAD_MAX_DIM / 16], o[ST_ATTN_HEAD_MAX_DIM / 16];
     float m = -INFINITY, l = 0.0f;
@@ -616,9 +636,9 @@ INLINE void attn_head_n(const float *q, const float *k, const float *v, size_t k
                 int jj = g * 4 + i;
                 acc[i] = _mm512_setzero_ps();
                 if (jj < cnt) {
-                    const float *kr = k + (size_t)(j0 + jj) * kv_stride;
+                    const uint8_t *kr = k + (size_t)(j0 + jj) * row_bytes;
                     for (int c = 0; c < nq; c++)
-                        acc[i] = _mm512_fmadd_ps(_mm512_loadu_ps(kr + c * 16), qv[c], acc[i]);
+                        acc[i] = _mm512_fmadd_ps(kv_row16(type, kr, c), qv[c], acc[i]);
                 }
             }
             part[g] = reduce4_512(acc[0], acc[1], acc[2], acc[3]);
@@ -636,10 +656,10 @@ INLINE void attn_head_n(const float *q, const float *k, const float *v, size_t k
         for (int c = 0; c < nq; c++)
             o[c] = _mm512_mul_ps(o[c], _mm512_set1_ps(corr));
         for (int jj = 0; jj < cnt; jj++) {
-            const float *vr = v + (size_t)(j0 + jj) * kv_stride;
+            const uint8_t *vr = v + (size_t)(j0 + jj) * row_bytes;
             __m512 pj = _mm512_set1_ps(p[jj]);
             for (int c = 0; c < nq; c++)
-                o[c] = _mm512_fmadd_ps(_mm512_loadu_ps(vr + c * 16), pj, o[c]);
+                o[c] = _mm512_fmadd_ps(kv_row16(type, vr, c), pj, o[c]);
         }
         m = nm;
     }
@@ -648,18 +668,46 @@ INLINE void attn_head_n(const float *q, const float *k, const float *v, size_t k
         _mm512_storeu_ps(out + c * 16, _mm512_mul_ps(o[c], inv));
 }
 
-/* head_dim 64 (the model's) gets its own copy with the loops unrolled. */
-static void attn_head_avx512(const float *q, const float *k, const float *v, size_t kv_stride,
-                             int npos, int head_dim, float scale, float *out)
+/* head_dim 64 (the model's), 128 and 256 get their own copies with the
+ * loops unrolled, for each cache type. */
+INLINE void attn_head_t(uint32_t type, const float *q, const uint8_t *k, const uint8_t *v,
+                        size_t row_bytes, int npos, int head_dim, float scale, float *out)
 {
     if (head_dim == 64)
-        attn_head_n(q, k, v, kv_stride, npos, 4, scale, out);
+        attn_head_n(type, q, k, v, row_bytes, npos, 4, scale, out);
     else if (head_dim == 128)
-        attn_head_n(q, k, v, kv_stride, npos, 8, scale, out);
+        attn_head_n(type, q, k, v, row_bytes, npos, 8, scale, out);
     else if (head_dim == 256)
-        attn_head_n(q, k, v, kv_stride, npos, 16, scale, out);
+        attn_head_n(type, q, k, v, row_bytes, npos, 16, scale, out);
     else
-        attn_head_n(q, k, v, kv_stride, npos, head_dim / 16, scale, out);
+        attn_head_n(type, q, k, v, row_bytes, npos, head_dim / 16, scale, out);
+}
+
+static void attn_head_avx512(uint32_t kv_type, const float *q, const void *k, const void *v,
+                             size_t row_bytes, int npos, int head_dim, float scale, float *out)
+{
+    if (kv_type == ST_DTYPE_F16)
+        attn_head_t(ST_DTYPE_F16, q, k, v, row_bytes, npos, head_dim, scale, out);
+    else if (kv_type == ST_DTYPE_Q8_0)
+        attn_head_t(ST_DTYPE_Q8_0, q, k, v, row_bytes, npos, head_dim, scale, out);
+    else
+        attn_head_t(ST_DTYPE_F32, q, k, v, row_bytes, npos, head_dim, scale, out);
+}
+
+/* A KV-cache row as floats for the generic attention path (MLA widths). */
+static void kv_load_avx512(uint32_t kv_type, const void *src, float *dst, int n)
+{
+    if (kv_type == ST_DTYPE_Q8_0) {
+        for (int c = 0; c < n / 16; c++)
+            _mm512_storeu_ps(dst + c * 16, kv_row16(ST_DTYPE_Q8_0, src, c));
+        return;
+    }
+    const uint16_t *h = src;
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + i))));
+    for (; i < n; i++)
+        dst[i] = st_fp16_to_f32(h[i]);
 }
 
 /* ---- float-activation matmul: Q5_0, Q5_1, Q2_K..Q6_K (kern_kq.h) ---- */
@@ -880,6 +928,7 @@ static const st_cpu_kernels_t kernels_avx512 = {
     .axpby = axpby_avx512,
     .exp_sum = exp_sum_avx512,
     .attn_head = attn_head_avx512,
+    .kv_load = kv_load_avx512,
 };
 
 const st_cpu_kernels_t *st_cpu_kernels_avx512(void)

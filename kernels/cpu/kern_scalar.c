@@ -78,6 +78,11 @@ void st_cpu_dequant_row_ref(int type, const void *src, float *dst, int n)
     st_dtype_dequantize_row((uint32_t)type, src, dst, (uint64_t)n);
 }
 
+static void kv_load_scalar(uint32_t kv_type, const void *src, float *dst, int n)
+{
+    st_dtype_dequantize_row(kv_type, src, dst, (uint64_t)n);
+}
+
 /* Activation value i (0..31) of block b in the paired layout. */
 static inline int xq_at(const int8_t *q, int b, int i)
 {
@@ -218,6 +223,7 @@ static const st_cpu_kernels_t kernels_scalar = {
     .geglu = geglu_scalar,
     .add = add_scalar,
     .axpby = axpby_scalar,
+    .kv_load = kv_load_scalar,
     .exp_sum = exp_sum_scalar,
 };
 

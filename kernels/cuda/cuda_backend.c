@@ -542,19 +542,28 @@ static void cu_rope(void *ctx, float *x, int n, int n_heads, int head_dim, int r
                             inv_freq_base, (double)freq_scale), "rope launch");
 }
 
+/* The CUDA kernels keep an f32 cache: the table does not declare
+ * ST_BE_KV_F16/Q8_0, so a stage asked for another type refuses at load;
+ * this check only guards a caller that skipped it. */
 static void cu_kv_store(void *ctx, const float *k, const float *v, int n, int kv_dim,
-                        const int32_t *slot, const int32_t *pos, float *k_cache, float *v_cache,
-                        int n_ctx)
+                        const int32_t *slot, const int32_t *pos, void *k_cache, void *v_cache,
+                        int n_ctx, uint32_t kv_type)
 {
     cu_ctx_t *c = ctx;
     const int32_t *d_slot, *d_pos;
 
     if (!cu_enter(c, n, "kv_store") || !cu_check_pos(c, slot, pos, n, n_ctx, "kv_store"))
         return;
+    if (kv_type != ST_DTYPE_F32) {
+        cu_fail(c, ST_ERR_UNSUPPORTED, "cuda kv_store: a %s KV cache is not supported (f32 only)",
+                st_dtype_name(kv_type));
+        return;
+    }
     if (!(d_slot = cu_upload_idx(c, CU_IDX_SLOT, slot, n)) ||
         !(d_pos = cu_upload_idx(c, CU_IDX_POS, pos, n)))
         return;
-    cu_ok(c, cu_launch_kv_store(c->stream, k, v, n, kv_dim, d_slot, d_pos, k_cache, v_cache, n_ctx),
+    cu_ok(c, cu_launch_kv_store(c->stream, k, v, n, kv_dim, d_slot, d_pos, (float *)k_cache,
+                                 (float *)v_cache, n_ctx),
           "kv_store launch");
 }
 
@@ -571,6 +580,9 @@ st_status_t cu_attn_prepare(const st_attn_args_t *a, int n_sm, size_t part_float
         return st_error_set(err, ST_ERR_UNSUPPORTED, "cuda attention: %d tokens, %d heads (%d "
                             "kv) of dim %d, values %d unsupported (dims <= %d)", a->n_tokens,
                             a->n_head, a->n_head_kv, a->head_dim, hv, CU_ATT_MAX_HEAD_DIM);
+    if (a->kv_type != ST_DTYPE_F32)
+        return st_error_set(err, ST_ERR_UNSUPPORTED, "cuda attention: a %s KV cache is not "
+                            "supported (f32 only)", st_dtype_name(a->kv_type));
     /* The last KV head's keys and values must lie within a cache row. */
     if ((int64_t)(a->n_head_kv - 1) * a->head_dim + ST_MAX(a->head_dim, hv) > stride)
         return st_error_set(err, ST_ERR_INVALID, "cuda attention: cache rows of %d floats "
@@ -581,8 +593,8 @@ st_status_t cu_attn_prepare(const st_attn_args_t *a, int n_sm, size_t part_float
 
     memset(L, 0, sizeof *L);
     L->q = a->q;
-    L->k_cache = a->k_cache;
-    L->v_cache = a->v_cache;
+    L->k_cache = (const float *)a->k_cache;
+    L->v_cache = (const float *)a->v_cache;
     L->out = a->out;
     L->n_tokens = a->n_tokens;
     L->n_head = a->n_head;

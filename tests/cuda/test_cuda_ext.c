@@ -465,6 +465,12 @@ ST_TEST(attention_refusals)
     a.softcap = -1.0f;
     ST_CHECK(cu_attn_prepare(&a, 132, 1 << 20, &L, &err) == ST_OK);
     ST_CHECK(L.window == 0 && L.softcap == 0.0f);
+    /* The CUDA kernels read an f32 cache only: f16/q8_0 are refused by name. */
+    a.kv_type = ST_DTYPE_F16;
+    ST_CHECK(cu_attn_prepare(&a, 132, 1 << 20, &L, &err) == ST_ERR_UNSUPPORTED);
+    ST_CHECK(strstr(err.msg, "f16") != NULL);
+    a.kv_type = ST_DTYPE_Q8_0;
+    ST_CHECK(cu_attn_prepare(&a, 132, 1 << 20, &L, &err) == ST_ERR_UNSUPPORTED);
 }
 
 int main(void)

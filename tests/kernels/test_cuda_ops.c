@@ -406,8 +406,8 @@ ST_TEST(cuda_kv_store_and_attention)
         ST_REQUIRE(kk[0] && vv[0] && kk[1] && vv[1]);
         ST_REQUIRE(pp.cpu.ops->to_device(pp.cpu.ctx, qc, q, (size_t)n * QD * 4) == ST_OK);
         ST_REQUIRE(pp.gpu.ops->to_device(pp.gpu.ctx, qg, q, (size_t)n * QD * 4) == ST_OK);
-        pp.cpu.ops->kv_store(pp.cpu.ctx, kk[0], vv[0], n, KV, slot, pos, kcc, vcc, NCTX);
-        pp.gpu.ops->kv_store(pp.gpu.ctx, kk[1], vv[1], n, KV, slot, pos, kcg, vcg, NCTX);
+        pp.cpu.ops->kv_store(pp.cpu.ctx, kk[0], vv[0], n, KV, slot, pos, kcc, vcc, NCTX, ST_DTYPE_F32);
+        pp.gpu.ops->kv_store(pp.gpu.ctx, kk[1], vv[1], n, KV, slot, pos, kcg, vcg, NCTX, ST_DTYPE_F32);
         st_attn_args_t a = {.n_tokens = n, .n_head = NH, .n_head_kv = NKV, .head_dim = HD,
                             .n_ctx = NCTX, .slot = slot, .pos = pos, .scale = 0.158f};
         a.q = qc; a.k_cache = kcc; a.v_cache = vcc; a.out = oc;
@@ -471,7 +471,7 @@ ST_TEST(cuda_swiglu_add_and_errors)
         int32_t sl = 0, p = 64;
         float *k = pp.gpu.ops->alloc(pp.gpu.ctx, 64 * 4);
         ST_REQUIRE(k);
-        pp.gpu.ops->kv_store(pp.gpu.ctx, k, k, 1, 64, &sl, &p, k, k, 1);
+        pp.gpu.ops->kv_store(pp.gpu.ctx, k, k, 1, 64, &sl, &p, k, k, 1, ST_DTYPE_F32);
         ST_CHECK(pp.gpu.ops->sync(pp.gpu.ctx) == ST_ERR_RANGE);
         ST_CHECK(pp.gpu.ops->sync(pp.gpu.ctx) == ST_OK);
         pp.gpu.ops->add(pp.gpu.ctx, k, k, 64);

@@ -43,6 +43,10 @@ ST_TEST(cuda_is_registered)
     ST_CHECK(ops->to_device && ops->to_host && ops->sync && ops->weights_load);
     ST_CHECK(ops->get_rows && ops->rmsnorm && ops->matmul && ops->rope && ops->kv_store);
     ST_CHECK(ops->attention && ops->swiglu && ops->add);
+    /* f32 KV cache only: a stage asked for f16/q8_0 on cuda refuses at load. */
+    ST_CHECK(!(ops->features & (ST_BE_KV_F16 | ST_BE_KV_Q8_0)));
+    ST_CHECK(st_backend_cpu_ops()->features & ST_BE_KV_F16);
+    ST_CHECK(st_backend_cpu_ops()->features & ST_BE_KV_Q8_0);
 #endif
 }
 

@@ -244,7 +244,7 @@ static void attention_case(int *st_failed_, int n_head, int n_kv, int hd)
     kt_fill(v, (size_t)n * kv_dim, 1.0f, &s);
 
     FOR_EACH_BACKEND(be, isa, nth) {
-        be.ops->kv_store(be.ctx, k, v, n, kv_dim, slot, pos, kc, vc, n_ctx);
+        be.ops->kv_store(be.ctx, k, v, n, kv_dim, slot, pos, kc, vc, n_ctx, ST_DTYPE_F32);
         for (int t = 0; t < n; t++) {
             size_t off = ((size_t)slot[t] * n_ctx + pos[t]) * kv_dim;
             ST_CHECK(memcmp(kc + off, k + (size_t)t * kv_dim, (size_t)kv_dim * 4) == 0);

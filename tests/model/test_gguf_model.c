@@ -176,7 +176,8 @@ ST_TEST(tiny_llama_binds)
     ST_CHECK(st_model_layer_bytes(m, 5) == 0);
     ST_CHECK(st_model_embd_bytes(m) == st_dtype_row_bytes(ST_DTYPE_Q8_0, 64) * 8);
     ST_CHECK(st_model_output_bytes(m) == st_model_embd_bytes(m) + 64 * 4);
-    ST_CHECK(st_model_kv_bytes_per_token_layer(m) == 2 * 2 * 16 * 4);
+    ST_CHECK(st_model_kv_bytes_per_token_layer(m, ST_DTYPE_F32) == 2 * 2 * 16 * 4);
+    ST_CHECK(st_model_kv_bytes_per_token_layer(m, ST_DTYPE_F16) == 2 * 2 * 16 * 2);
 
     progress_t p = {.monotonic = 1};
     ST_CHECK(st_model_prefetch(m, 0, 2, 3, on_progress, &p) == ST_OK);

@@ -118,6 +118,46 @@ def test_quantized_copy_matches_hf(strata, refs, tmp_path, case, qtype):
         f"{case} {qtype}: {total:.3g} from F32 HF, weight rounding alone {rounding:.3g}"
 
 
+# The compact KV cache against the f32 one, same engine, same tokens: what is
+# left is the cache's rounding. Measured (max |a - f32| / max |f32| over
+# the 24 positions): f16 4.1e-4 .. 7.1e-4 on every case; q8_0 1.9e-2 on
+# gemma3 (heads of 32, sliding window). The other random models have heads
+# of 16 or MLA rows of 32 + 16, which a q8_0 cache (blocks of 32 per head)
+# refuses, by name; real models' widths (64, 128, 256, MLA 512 +
+# 64) are multiples of 32 and their kernels are checked in
+# tests/kernels/test_kernels_kv.c. A MoE router near a tie may pick another
+# expert at a position when the cache is rounded: qwen3moe (reference
+# router margin 2.5e-3) with q8_0 is 2e-3 .. 7e-3 at 23 positions and 0.16
+# at one; so every position but the worst must be within the bound, and
+# the worst within 10x of it.
+KV_TOL = {"f16": 5e-3, "q8_0": 5e-2}
+
+
+def strata_logits_kv(strata, model, tokens, tmp_path, kv):
+    out = tmp_path / f"kv_{kv}.f32"
+    r = run([strata, "eval", "-m", str(model), "--tokens", ",".join(map(str, tokens)),
+             "--out", str(out), "--threads", "2", "--kv-type", kv])
+    if r.returncode != 0:
+        return None, r.stderr
+    return np.fromfile(out, dtype=np.float32).reshape(len(tokens), -1).astype(np.float64), ""
+
+
+@pytest.mark.parametrize("kv", ["f16", "q8_0"])
+@pytest.mark.parametrize("case", cases())
+def test_kv_cache_types_against_f32_cache(strata, refs, tmp_path, case, kv):
+    p, ref = refs(case)
+    seq = ref["seq"].tolist()
+    f32 = strata_logits(strata, p["gguf"], seq, tmp_path)
+    got, err = strata_logits_kv(strata, p["gguf"], seq, tmp_path, kv)
+    if got is None:
+        # only q8_0, only for head widths that are not whole blocks of 32
+        assert kv == "q8_0" and "multiples of 32" in err, err[-2000:]
+        return
+    e = np.sort(np.abs(got - f32).max(axis=1) / np.abs(f32).max(axis=1))
+    assert e[-2] <= KV_TOL[kv], f"{case} {kv}: relative errors {e} against the f32 cache"
+    assert e[-1] <= 10 * KV_TOL[kv], f"{case} {kv}: relative errors {e} against the f32 cache"
+
+
 def generate(strata, model):
     r = run([strata, "generate", "-m", str(model), "-p", CLUSTER_PROMPT, "-n",
              str(CLUSTER_TOKENS), "--temp", "0", "--ignore-eos", "-t", "1"], timeout=120)
@@ -244,10 +284,12 @@ def test_info_reports_mla_cache_and_active_expert_bytes(strata, refs):
     for case in ("deepseek3", "deepseek2lite"):
         p, _ = refs(case)
         c = arch_ref.CASES[case].config
-        r = run([strata, "info", str(p["gguf"]), "--json"])
+        r = run([strata, "info", str(p["gguf"]), "--json", "--kv-type", "f32"])
         assert r.returncode == 0, r.stderr
         j = json.loads(r.stdout)
         L, H = c["num_hidden_layers"], c["num_attention_heads"]
+        assert j["kv_type"] == "f32"
+        assert j["kv_bytes_per_token_by_type"]["f16"] == j["kv_bytes_per_token"] // 2
         assert j["kv_bytes_per_token"] == 4 * L * (c["kv_lora_rank"] + c["qk_rope_head_dim"])
         assert j["kv_full_bytes_per_token"] == 4 * L * H * (
             c["qk_nope_head_dim"] + c["qk_rope_head_dim"] + c["v_head_dim"])

@@ -35,8 +35,9 @@ ST_TEST(smollm2_sizes_and_plan)
     }
     ST_CHECK_MSG(sum <= (uint64_t)sb.st_size, "weights %llu > file %lld", (unsigned long long)sum, (long long)sb.st_size);
     ST_CHECK(sum > (uint64_t)sb.st_size / 2);
-    /* SmolLM2-135M: 3 KV heads of 64, f32 K and V: 2 * 3 * 64 * 4 bytes. */
-    ST_CHECK_MSG(d.model.kv_bytes_per_token_layer == 1536, "%llu", (unsigned long long)d.model.kv_bytes_per_token_layer);
+    /* SmolLM2-135M: 3 KV heads of 64, K and V in the default f16 cache:
+     * 2 * 3 * 64 * 2 bytes. */
+    ST_CHECK_MSG(d.model.kv_bytes_per_token_layer == 768, "%llu", (unsigned long long)d.model.kv_bytes_per_token_layer);
     ST_CHECK(d.model.act_bytes_per_seq > 0 && d.model.output_bytes >= 2 * d.logits_bytes_per_seq);
 
     st_plan_worker_t w[2] = { { .name = "a", .mem_bytes = 1ull << 30, .speed = 1 },

@@ -41,6 +41,7 @@ static st_ctrl_msg_t valid_plan(void)
     m.u.plan.n_slots = 4;
     m.u.plan.max_batch = 256;
     m.u.plan.n_threads = 1;
+    m.u.plan.kv_type = 8;   /* q8_0; the worker, not the decoder, judges the number */
     m.u.plan.flags = ST_CTRL_PLAN_VERIFY;
     m.u.plan.n_manifest = 210;
     m.u.plan.host_rank = 1;
@@ -77,6 +78,7 @@ ST_TEST(roundtrip_every_type)
     ST_CHECK(d.u.plan.n_manifest == 210 && d.u.plan.model_size == 123456789);
     ST_CHECK(!strcmp(d.u.plan.model_path, "/models/m.gguf"));
     ST_CHECK(!strcmp(d.u.plan.transport_tls, "tcp"));
+    ST_CHECK(d.u.plan.kv_type == 8);
     ST_CHECK(d.u.plan.host_rank == 1 && d.u.plan.host_workers == 2);
 
     memset(&m, 0, sizeof(m));
@@ -140,10 +142,10 @@ ST_TEST(header_is_checked)
     ST_CHECK(st_ctrl_decode(frame, len, &d, &err) == ST_ERR_PROTOCOL);
     ST_CHECK(strstr(err.msg, "magic") != NULL);
     frame[0] ^= 1;
-    frame[4] = 2;                                        /* version */
+    frame[4] = ST_CTRL_VERSION + 1;                      /* version */
     ST_CHECK(st_ctrl_decode(frame, len, &d, &err) == ST_ERR_PROTOCOL);
     ST_CHECK(strstr(err.msg, "version") != NULL);
-    frame[4] = 1;
+    frame[4] = ST_CTRL_VERSION;
     frame[6] = 0;                                        /* type 0 */
     ST_CHECK(st_ctrl_decode(frame, len, &d, &err) == ST_ERR_PROTOCOL);
     frame[6] = 200;                                      /* unknown type */

@@ -190,7 +190,7 @@ static void attn_partial(st_backend_t *be, rank_t *r, const float *x, int n, con
     }
     o->rope(c, r->q, n, (int)hp->n_head, hd, (int)hp->rope_dim, pos, hp->rope_theta, 1.0f);
     o->rope(c, r->k, n, (int)hp->n_head_kv, hd, (int)hp->rope_dim, pos, hp->rope_theta, 1.0f);
-    o->kv_store(c, r->k, r->v, n, kvd, slot, pos, r->kc, r->vc, N_CTX);
+    o->kv_store(c, r->k, r->v, n, kvd, slot, pos, r->kc, r->vc, N_CTX, ST_DTYPE_F32);
     memset(&a, 0, sizeof a);
     a.n_tokens = n;
     a.n_head = (int)hp->n_head;
