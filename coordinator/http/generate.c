@@ -343,24 +343,32 @@ void st_http_on_wake(evutil_socket_t fd, short what, void *arg)
     st_http_server_t *s = arg;
     choice_t *list, *c, *next;
 
+    /* The list is walked through wake_next, copied here under the lock:
+     * once in_mbox is 0 the engine thread may queue a choice again at any
+     * moment, which rewrites its mbox_next and its predecessor's. Walking
+     * mbox_next after the unlock went back to choices already handled
+     * (their text sent twice: "The answer is is:" under 50 concurrent
+     * greedy requests to serve --workers 2) or skipped the rest of the
+     * list. */
     pthread_mutex_lock(&s->mbox_lock);
     list = s->mbox_head;
     s->mbox_head = s->mbox_tail = NULL;
     for (c = list; c; c = c->mbox_next) {
         st_http_buf_t t = c->work;
+        c->wake_next = c->mbox_next;
         c->in_mbox = 0;
         c->work = c->pend;
         t.len = 0;
         c->pend = t;
         if (c->done)
-            c->done = 2;             /* taken: the engine is finished with c */
+            c->taken = 1;            /* the engine is finished with c */
     }
     pthread_mutex_unlock(&s->mbox_lock);
 
     s->wake_gen++;
     for (c = list; c; c = next) {
         hreq_t *h = c->h;
-        next = c->mbox_next;
+        next = c->wake_next;
         if (!h->gone && h->evcon && h->peek_gen != s->wake_gen) {
             h->peek_gen = s->wake_gen;
             if (st_http_conn_gone(h->evcon))
@@ -374,7 +382,7 @@ void st_http_on_wake(evutil_socket_t fd, short what, void *arg)
             else
                 st_http_buf_put(&c->text, c->work.p, c->work.len);
         }
-        if (c->done == 2 && !c->finished) {
+        if (c->taken && !c->finished) {
             choice_done(h, c);
             if (h->n_finished == h->n_submitted)
                 finish_request(h);   /* frees h: no later choice in list is h's */

@@ -85,8 +85,10 @@ struct choice {
     uint64_t   itl_counts[ST_HTTP_HIST_MAX + 1];
     double     itl_sum;
     int        in_mbox;
-    struct choice *mbox_next;
+    struct choice *mbox_next;        /* rewritten by the engine once in_mbox is 0 again */
     /* loop thread only */
+    struct choice *wake_next;        /* the list st_http_on_wake took, copied under the lock */
+    int        taken;                /* DONE was taken from the mailbox */
     st_http_buf_t work;              /* pend is swapped in here */
     st_http_buf_t text;              /* whole text, non-streaming */
     int        finished;
