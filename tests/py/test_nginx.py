@@ -266,11 +266,24 @@ def test_errors_pass_through_unchanged(stack):
                        bearer("sk-strata-" + "0" * 64))[0] == 401
     assert same_answer(stack, "POST", "/v1/completions", b'{"prompt": "hi", "max_tokens": ',
                        bearer(keys["developer"]))[0] == 400
-    # /ws is passed on (with the Upgrade headers); strata has no /ws yet: its 404
-    assert same_answer(stack, "GET", "/ws", None,
-                       {"Upgrade": "websocket", "Connection": "Upgrade",
-                        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-                        "Sec-WebSocket-Version": "13", **bearer(keys["developer"])})[0] == 404
+    # /ws is passed on with the Upgrade headers: a WebSocket through nginx
+    # answers as one to strata directly (same model, same greedy text)
+    from websockets.sync.client import connect
+
+    def ws_answer(url, ssl=None):
+        with connect(url, ssl=ssl, additional_headers=bearer(keys["developer"]),
+                     open_timeout=30) as ws:
+            hello = json.loads(ws.recv(timeout=30))
+            ws.send(json.dumps({"id": 1, "prompt": "hi", "max_tokens": 4, "temperature": 0}))
+            text = ""
+            while True:
+                m = json.loads(ws.recv(timeout=60))
+                if m.get("done"):
+                    return hello["model"], text, m.get("finish_reason")
+                text += m.get("text", "")
+    direct = ws_answer(f"ws://127.0.0.1:{srv.port}/ws")
+    assert direct[2] == "length" and direct[1]
+    assert ws_answer(f"wss://127.0.0.1:{ngx.port}/ws", tls_ctx(crt)) == direct
 
     # 429: the user key (1/s, burst 2) emptied through nginx, then once more
     # directly while its bucket is still empty

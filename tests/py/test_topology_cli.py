@@ -188,7 +188,7 @@ def test_plan_of_the_real_model():
     layers = {s["worker"]: s["n_layers"] for s in d["stages"]}
     assert layers["cpu-b"] * 2 == layers["gpu-a"] == layers["gpu-c"]
     assert d["unused"] == [{"worker": "tiny", "reason": "too_small",
-                            "need_bytes": d["unused"][0]["need_bytes"], "mem_bytes": 16 << 20}]
+                            "need_bytes": d["unused"][0]["need_bytes"], "mem_bytes": 8 << 20}]
     text = plan("--workers-file", str(WORKERS / "two-hosts.txt"))
     assert text.returncode == 0 and "layer plan: 30 layers" in text.stdout
 
