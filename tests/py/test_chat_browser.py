@@ -17,7 +17,7 @@ import time
 import pytest
 import requests
 
-from test_http_common import BIN, MODEL, ROOT, Server, need_model
+from test_http_common import BIN, MODEL, ROOT, Server, need_model, reference
 
 websockets_sync = pytest.importorskip("websockets.sync.client")
 
@@ -25,13 +25,6 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = os.environ.get("STRATA_ARTIFACTS", os.path.join(ROOT, "build", "test-artifacts"))
 QUESTION = "What is the capital of France?"
 N = 24
-
-
-def reference(prompt, n):
-    out = subprocess.run([BIN, "generate", "-m", MODEL, "-p", prompt, "-n", str(n), "--temp", "0",
-                          "-t", "2", "--chat"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    return out.stdout[:-1] if out.stdout.endswith("\n") else out.stdout
 
 
 class Browser:
@@ -149,7 +142,7 @@ def ask(b, question):
 
 
 def test_chat_page_answers_like_generate(cluster, browser):
-    want = reference(QUESTION, N)
+    want = reference(QUESTION, N, chat=True)
     model = open_page(browser, cluster, 0, N)
     assert model == requests.get(cluster.url + "/v1/models").json()["data"][0]["id"]
     ask(browser, QUESTION)

@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from test_http_common import BIN, MODEL, Server, need_model
+from test_http_common import BIN, MODEL, Server, need_model, reference
 
 grpc = pytest.importorskip("grpc")
 pytest.importorskip("grpc_tools")
@@ -84,15 +84,6 @@ class GrpcServer(Server):
 
     def cancelled(self):
         return self.metrics().get("strata_requests_cancelled_total", 0.0)
-
-
-def reference(prompt, n, chat=False):
-    cmd = [BIN, "generate", "-m", MODEL, "-p", prompt, "-n", str(n), "--temp", "0", "-t", "2"]
-    if chat:
-        cmd.append("--chat")
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    return out.stdout[:-1] if out.stdout.endswith("\n") else out.stdout
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from test_http_common import BIN, MODEL, ROOT, Server, need_binary
+from test_http_common import BIN, MODEL, ROOT, Server, need_binary, reference
 
 requests = pytest.importorskip("requests")
 openai = pytest.importorskip("openai")
@@ -36,15 +36,6 @@ def client(srv):
 @pytest.fixture(scope="module")
 def model_id(srv):
     return requests.get(srv.url + "/v1/models").json()["data"][0]["id"]
-
-
-def reference(prompt, n, chat=False):
-    cmd = [BIN, "generate", "-m", MODEL, "-p", prompt, "-n", str(n), "--temp", "0", "-t", "2"]
-    if chat:
-        cmd.append("--chat")
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    return out.stdout[:-1] if out.stdout.endswith("\n") else out.stdout
 
 
 def test_models_and_health(srv):

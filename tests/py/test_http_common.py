@@ -29,6 +29,17 @@ def need_model():
         pytest.skip(f"model not found at {MODEL} (set STRATA_MODEL)")
 
 
+def reference(prompt, n, chat=False):
+    """`strata generate`'s greedy text for prompt, n tokens: what every door
+    must answer (the trailing newline the command prints is not text)."""
+    cmd = [BIN, "generate", "-m", MODEL, "-p", prompt, "-n", str(n), "--temp", "0", "-t", "2"]
+    if chat:
+        cmd.append("--chat")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout[:-1] if out.stdout.endswith("\n") else out.stdout
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -26,6 +26,7 @@ import time
 import pytest
 
 from test_http_common import BIN, MODEL, Server, need_model
+from test_http_common import reference as common_reference
 from test_http_security import add_key, make_cert
 
 requests = pytest.importorskip("requests")
@@ -53,12 +54,7 @@ def reference(prompt, n, chat=False):
     """`strata generate`'s greedy text (cached per test session)."""
     key = (prompt, n, chat)
     if key not in _refs:
-        cmd = [BIN, "generate", "-m", MODEL, "-p", prompt, "-n", str(n), "--temp", "0", "-t", "2"]
-        if chat:
-            cmd.append("--chat")
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stderr
-        _refs[key] = out.stdout[:-1] if out.stdout.endswith("\n") else out.stdout
+        _refs[key] = common_reference(prompt, n, chat)
     return _refs[key]
 
 
