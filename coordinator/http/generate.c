@@ -6,6 +6,8 @@
  */
 #include "server_priv.h"
 
+#include <event2/bufferevent.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,6 +83,19 @@ static void mark_gone(hreq_t *h)
             st_engine_cancel(h->s->engine, h->ch[i].engine_id);
             h->s->metrics.cancelled++;
         }
+}
+
+/* evhttp keeps reading a connection while it streams a reply (to see the
+ * client go) under the request timeout, so a prompt whose first token takes
+ * longer than --request-timeout to compute lost its stream. While the
+ * answer streams, only writing is timed: a client that stops reading is
+ * still cut off, a long prefill is not. */
+static void stream_timeouts(st_http_server_t *s, struct evhttp_connection *evcon)
+{
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
+    struct timeval wr = {.tv_sec = s->cfg->request_timeout_s};
+    if (bev)
+        bufferevent_set_timeouts(bev, NULL, &wr);
 }
 
 static void on_conn_close(struct evhttp_connection *evcon, void *arg)
@@ -574,6 +589,7 @@ void st_http_handle_generate(st_http_server_t *s, struct evhttp_request *req, ri
         if (s->draining)
             evhttp_add_header(oh, "Connection", "close");
         evhttp_send_reply_start(req, 200, "OK");
+        stream_timeouts(s, h->evcon);
         h->replied = 1;
         s->metrics.streams_active++;
     }
