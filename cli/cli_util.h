@@ -89,6 +89,9 @@ static inline const char *cli_key_value(const char *opt, const char *v)
 }
 
 /* --kv-type f32|f16|q8_0: the KV cache's element type (st_dtype.h). */
+/* serve and coordinator: prefix-cache pool over all stages (README, "Prefix reuse"). */
+#define CLI_PREFIX_CACHE_DEFAULT (256ull << 20)
+
 static inline int cli_kv_type(const char *opt, const char *v, uint32_t *out)
 {
     if (st_kv_type_parse(v, out)) {

@@ -92,6 +92,8 @@ static void usage(FILE *f)
         "  --ctx N --slots N --batch N   context, sequences, tokens per micro-batch\n"
         "  -t, --threads N         compute threads per worker\n"
         "  --kv-type T             KV cache elements on every stage: f16 (default), f32, q8_0\n"
+        "  --prefix-cache MIB      KV rows kept for prompt-prefix reuse, split over the\n"
+        "                          stages with their layers (default 256; 0: off)\n"
         "  --transport TLS         UCX_TLS for the data plane (tcp, sm, ...)\n"
         "  --no-verify             skip the SHA-256 check of the workers' model copies\n"
         "  --no-bind               workers do not apply their placement\n"
@@ -419,6 +421,7 @@ int st_cmd_coordinator(int argc, char **argv)
 int st_cmd_coordinator_run(int argc, char **argv, const st_cli_secret_t *secret)
 {
     st_cluster_params_t cp = st_cluster_default_params();
+    cp.prefix_cache_bytes = CLI_PREFIX_CACHE_DEFAULT;
     st_engine_params_t ep = st_engine_default_params();
     st_gen_request_t req = st_gen_request_default();
 #ifdef STRATA_HAVE_HTTP
@@ -514,6 +517,9 @@ int st_cmd_coordinator_run(int argc, char **argv, const st_cli_secret_t *secret)
             cp.n_threads = (int)l;
         } else if (!strcmp(o, "--kv-type")) {
             if (cli_kv_type(o, v, &cp.kv_type)) goto out;
+        } else if (!strcmp(o, "--prefix-cache")) {
+            if (cli_parse_long(o, v, 0, 1 << 20, &l)) goto out;
+            cp.prefix_cache_bytes = (uint64_t)l << 20;
         } else if (!strcmp(o, "--join-timeout")) {
             if (cli_parse_long(o, v, 1, 86400, &l)) goto out;
             cp.join_timeout_ms = (uint32_t)l * 1000u;

@@ -51,6 +51,8 @@ static void usage(FILE *f)
         "      --backend NAME       cpu (default) or cuda\n"
         "      --kv-type T          KV cache elements on every stage: f16 (default; f32 on\n"
         "                           cuda), f32, q8_0\n"
+        "      --prefix-cache MIB   KV rows kept for reuse by requests sharing a prompt\n"
+        "                           prefix, over all stages (default 256; 0: off)\n"
         "%s", st_http_config_usage());
 }
 
@@ -88,6 +90,7 @@ int st_cmd_serve(int argc, char **argv)
     ep.n_slots = 8;
     ep.max_batch = 256;
     ep.prefill_chunk = 128;
+    ep.prefix_cache_bytes = CLI_PREFIX_CACHE_DEFAULT;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         st_status_t st;
@@ -114,6 +117,9 @@ int st_cmd_serve(int argc, char **argv)
         } else if (!strcmp(a, "--kv-type")) {
             if (cli_kv_type(a, v, &ep.kv_type)) return 2;
             kv_set = 1;
+        } else if (!strcmp(a, "--prefix-cache")) {
+            if (cli_parse_long(a, v, 0, 1 << 20, &l)) return 2;
+            ep.prefix_cache_bytes = (uint64_t)l << 20;
         } else if (!strcmp(a, "--workers")) {
             if (cli_parse_long(a, v, 0, 64, &workers)) return 2;
         } else if (!strcmp(a, "--slots")) {
@@ -160,6 +166,7 @@ int st_cmd_serve(int argc, char **argv)
         cp.max_batch = ep.max_batch;
         cp.n_threads = ep.n_threads;
         cp.kv_type = ep.kv_type;
+        cp.prefix_cache_bytes = ep.prefix_cache_bytes;
         if (st_cluster_local_create(&cp, &pipe, &err) != ST_OK) {
             fprintf(stderr, "strata serve: cannot start %ld workers: %s\n", workers, err.msg);
             return 1;

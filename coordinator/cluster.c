@@ -476,6 +476,8 @@ static void send_plan(st_cluster_t *c, uint32_t s)
     pl->max_batch = c->p.max_batch;
     pl->n_threads = c->p.n_threads;
     pl->kv_type = c->p.kv_type;
+    pl->prefix_blocks = c->prefix_blocks;
+    pl->prefix_block = ST_PREFIX_BLOCK;
     pl->flags = (c->p.verify ? ST_CTRL_PLAN_VERIFY : 0) | (c->p.bind ? ST_CTRL_PLAN_BIND : 0);
     pl->n_manifest = n;
     pl->model_size = c->model_size;
@@ -852,6 +854,8 @@ st_status_t cl_start(const st_cluster_params_t *params, st_cluster_t **out, st_e
     c->n_embd = hp->n_embd;
     c->n_vocab = hp->n_vocab;
     c->model_size = st_gguf_file_size(st_model_gguf(c->model));
+    c->prefix_blocks = st_stage_prefix_blocks_for(c->model, c->p.kv_type,
+                                                  c->p.prefix_cache_bytes, ST_PREFIX_BLOCK);
     if (c->p.verify) {
         st = cl_compute_manifest(c, err);
         if (st != ST_OK)

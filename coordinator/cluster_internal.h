@@ -121,6 +121,7 @@ struct st_cluster {
 
     cstate_t         state;
     uint32_t         epoch;
+    uint32_t         prefix_blocks;    /* pool blocks every stage holds (its layers' rows) */
     char             detail[256];
     st_status_t      fail_status;
     char             fail_msg[ST_ERROR_MAX];

@@ -23,7 +23,8 @@ static size_t tokens_frame_max(const st_cluster_t *c)
     uint64_t setup = (uint64_t)c->p.n_slots * st_ctrl_mb_setup_size(c->p.n_ctx);
     st_ctrl_mb_layout_t l;
     if (setup > UINT32_MAX ||
-        st_ctrl_mb_layout(ST_CTRL_MB_TOKENS, c->p.max_batch, 0, (uint32_t)setup, 0, 0, &l) != ST_OK)
+        st_ctrl_mb_layout(ST_CTRL_MB_TOKENS, c->p.max_batch, 0, (uint32_t)setup, ST_KVOP_MAX, 0, 0,
+                          &l) != ST_OK)
         return 0;
     return l.total;
 }
@@ -31,7 +32,7 @@ static size_t tokens_frame_max(const st_cluster_t *c)
 static size_t ids_frame_max(const st_cluster_t *c)
 {
     st_ctrl_mb_layout_t l;
-    if (st_ctrl_mb_layout(ST_CTRL_MB_IDS, 0, 0, 0, c->p.n_slots, ST_CTRL_TEXT_MAX, &l) != ST_OK)
+    if (st_ctrl_mb_layout(ST_CTRL_MB_IDS, 0, 0, 0, 0, c->p.n_slots, ST_CTRL_TEXT_MAX, &l) != ST_OK)
         return 0;
     return l.total;
 }
@@ -332,9 +333,10 @@ static st_status_t cl_submit(void *ctx, const st_microbatch_t *mb, st_error_t *e
     st_transport_tag_t tag;
     st_status_t st;
 
-    if (mb->n == 0 || mb->n > c->p.max_batch)
-        return st_error_set(err, ST_ERR_RANGE, "cluster: micro-batch of %u tokens (max %u)",
-                            mb->n, c->p.max_batch);
+    if (mb->n == 0 || mb->n > c->p.max_batch || mb->n_kvops > ST_KVOP_MAX)
+        return st_error_set(err, ST_ERR_RANGE, "cluster: micro-batch of %u tokens (max %u), "
+                            "%u prefix-cache ops (max %u)", mb->n, c->p.max_batch, mb->n_kvops,
+                            ST_KVOP_MAX);
     pthread_mutex_lock(&c->lock);
     st = wait_usable_locked(c, 0, err);
     if (st != ST_OK)
@@ -377,7 +379,7 @@ static st_status_t cl_submit(void *ctx, const st_microbatch_t *mb, st_error_t *e
             n_setup++;
         }
     }
-    st = st_ctrl_mb_layout(ST_CTRL_MB_TOKENS, mb->n, 0, setup_bytes, 0, 0, &l);
+    st = st_ctrl_mb_layout(ST_CTRL_MB_TOKENS, mb->n, 0, setup_bytes, mb->n_kvops, 0, 0, &l);
     if (st != ST_OK || l.total > c->frame_max) {
         st = st_error_set(err, ST_ERR_RANGE, "cluster: micro-batch frame too large");
         goto unlock;
@@ -392,11 +394,14 @@ static st_status_t cl_submit(void *ctx, const st_microbatch_t *mb, st_error_t *e
     h->n = mb->n;
     h->n_setup = n_setup;
     h->setup_bytes = setup_bytes;
+    h->n_kvops = mb->n_kvops;
     h->mb_id = mb->id;
     h->t_submit = st_now_ns();
     memcpy(b + l.pos, mb->pos, 4u * mb->n);
     memcpy(b + l.slot, mb->slot, 4u * mb->n);
     memcpy(b + l.tokens, mb->tokens, 4u * mb->n);
+    if (mb->n_kvops)
+        memcpy(b + l.kvops, mb->kvops, sizeof(st_kvop_t) * mb->n_kvops);
     for (uint32_t i = 0; i < mb->n; i++)
         b[l.want + i] = mb->want[i] ? 1 : 0;
     {
@@ -537,6 +542,9 @@ static void cl_info(void *ctx, st_pipeline_info_t *out)
     snprintf(out->detail, sizeof(out->detail), "cluster %s", c->detail);
     out->worker_restarts = c->restarts_total;
     out->workers_restart_pending = c->restarts_pending;
+    out->prefix_blocks = c->prefix_blocks;
+    out->prefix_block = ST_PREFIX_BLOCK;
+    out->epoch = c->epoch;
     pthread_mutex_unlock(&c->lock);
 }
 

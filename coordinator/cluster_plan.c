@@ -169,7 +169,8 @@ static void rebalance(st_cluster_t *c)
     uint64_t *pre = NULL, *best = NULL, head = st_model_output_bytes(c->model);
     uint32_t *cut = NULL, bounds[ST_CTRL_MAX_STAGES + 1];
     uint64_t kv_layer = st_model_kv_bytes_per_token_layer(c->model, c->p.kv_type) *
-                        (uint64_t)c->p.n_ctx * c->p.n_slots;
+                        ((uint64_t)c->p.n_ctx * c->p.n_slots +
+                         (uint64_t)c->prefix_blocks * ST_PREFIX_BLOCK);
 
     if (K < 2 || L > 1024)
         return;
@@ -295,6 +296,7 @@ st_status_t cl_compute_split(st_cluster_t *c, wrec_t **cand, uint32_t n_cand,
         pp.model.act_bytes_per_seq = 4ull * (6ull * hp->n_embd + 2ull * hp->n_ff + hp->n_vocab);
         pp.n_ctx = c->p.n_ctx;
         pp.n_seq = c->p.n_slots;
+        pp.pool_tokens = (uint64_t)c->prefix_blocks * ST_PREFIX_BLOCK;
         pp.n_workers = n;
         pp.workers = pw;
         st = st_plan_compute(&pp, &plan, err);

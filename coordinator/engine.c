@@ -18,6 +18,7 @@
 #include "st_log.h"
 #include "st_model.h"
 #include "st_util.h"
+#include "prefix.h"
 #include "text_stream.h"
 
 typedef struct req {
@@ -56,7 +57,22 @@ typedef struct mb_rec {
     uint32_t *seqs;               /* sequences in this micro-batch */
     uint32_t  n_want;
     uint32_t *want_seq;           /* sequence of each wanted row, in order */
+    uint32_t  n_pend;
+    int32_t  *pend;               /* prefix-cache nodes it saves: ready when it completes */
+    uint64_t  pfx_epoch;
 } mb_rec_t;
+
+/* A slot's prefix-cache state; kept apart from seq_t, which admission
+ * clears, because the queue belongs to the slot's previous sequence. */
+typedef struct pslot {
+    int32_t   *path;              /* nodes of blocks 0..n_path-1 of its sequence, pinned */
+    uint32_t   n_path;
+    uint64_t   epoch;             /* st_prefix_epoch the path belongs to */
+    st_kvop_t *q;                 /* saves of a finished sequence's rows, waiting */
+    uint32_t   n_q;
+    int        emitting;          /* the queue is in the micro-batch being built */
+    uint64_t   hold_mb;           /* not scheduled until this micro-batch completes */
+} pslot_t;
 
 struct st_engine {
     st_engine_params_t  p;
@@ -89,6 +105,11 @@ struct st_engine {
     uint32_t            rr;         /* round-robin start */
     int32_t            *b_tok, *b_pos, *b_slot;
     uint8_t            *b_want;
+    /* prefix cache (NULL: the pipeline has none) */
+    st_prefix_t        *pfx;
+    pslot_t            *ps;
+    st_kvop_t          *ops;        /* the micro-batch being built */
+    uint32_t            n_ops, path_cap, pipe_epoch;
 };
 
 st_engine_params_t st_engine_default_params(void)
@@ -350,10 +371,115 @@ static void finish_req(st_engine_t *e, req_t *r, st_text_stream_t *ts, uint32_t 
     req_free(r);
 }
 
+/* ---- prefix reuse (prefix.h; docs/CLUSTER.md, "Prefix reuse") ---- */
+
+static void pfx_stats_locked(st_engine_t *e)
+{
+    st_prefix_stats_t ps;
+    st_prefix_stats(e->pfx, &ps);
+    e->stats.prefix_blocks = ps.n_blocks;
+    e->stats.prefix_blocks_used = ps.used;
+    e->stats.prefix_evictions = ps.evictions;
+    e->stats.prefix_flushes = ps.flushes;
+}
+
+static void pfx_flush(st_engine_t *e, const char *why)
+{
+    if (!e->pfx)
+        return;
+    st_prefix_flush(e->pfx);
+    for (uint32_t i = 0; i < e->p.n_slots; i++) {
+        e->ps[i].n_path = 0;
+        e->ps[i].n_q = 0;
+        e->ps[i].emitting = 0;
+    }
+    pthread_mutex_lock(&e->lock);
+    pfx_stats_locked(e);
+    pthread_mutex_unlock(&e->lock);
+    st_info("engine", "prefix cache emptied: %s", why);
+}
+
+static int pfx_room(const st_engine_t *e, uint32_t n) { return e->n_ops + n <= ST_KVOP_MAX; }
+
+static void pfx_op(st_engine_t *e, uint32_t kind, uint32_t slot, uint32_t pos, int32_t node)
+{
+    st_kvop_t *op = &e->ops[e->n_ops++];
+    op->kind = kind;
+    op->slot = slot;
+    op->pos = pos;
+    op->block = (uint32_t)node;
+    op->tag = st_prefix_tag(e->pfx, node);
+}
+
+static pslot_t *pfx_slot(st_engine_t *e, uint32_t i)
+{
+    pslot_t *ps = &e->ps[i];
+    if (ps->epoch != st_prefix_epoch(e->pfx)) {   /* emptied since: nothing is pinned */
+        ps->n_path = 0;
+        ps->epoch = st_prefix_epoch(e->pfx);
+    }
+    return ps;
+}
+
+/* Extends slot i's chain over its blocks whose rows exist by the end of
+ * this micro-batch (positions < upto) with `state` nodes; new ones get a
+ * save of `kind` (POST for rows this forward computes, PRE for a finished
+ * sequence's, queued on the slot when q). Stops at the first block no
+ * node can be found for: a chain has no gaps. */
+static void pfx_extend(st_engine_t *e, uint32_t i, const int32_t *tokens, uint32_t upto,
+                       int state, mb_rec_t *rec, int q)
+{
+    pslot_t *ps = pfx_slot(e, i);
+    uint32_t B = st_prefix_block(e->pfx);
+
+    while ((ps->n_path + 1) * B <= upto && ps->n_path < e->path_cap) {
+        int32_t parent = ps->n_path ? ps->path[ps->n_path - 1] : -1, node;
+        int is_new;
+        if (q ? ps->n_q >= e->path_cap : !pfx_room(e, 1))
+            return;
+        node = st_prefix_insert(e->pfx, parent, tokens + (size_t)ps->n_path * B, state, &is_new);
+        if (node < 0)
+            return;
+        if (is_new && q) {
+            st_kvop_t *op = &ps->q[ps->n_q++];
+            op->kind = ST_KVOP_SAVE_PRE;
+            op->slot = i;
+            op->pos = ps->n_path * B;
+            op->block = (uint32_t)node;
+            op->tag = st_prefix_tag(e->pfx, node);
+        } else if (is_new) {
+            pfx_op(e, ST_KVOP_SAVE_POST, i, ps->n_path * B, node);
+            rec->pend[rec->n_pend++] = node;
+        }
+        ps->path[ps->n_path++] = node;
+    }
+}
+
+static void pfx_release(st_engine_t *e, uint32_t i)
+{
+    pslot_t *ps = pfx_slot(e, i);
+    for (uint32_t k = 0; k < ps->n_path; k++)
+        st_prefix_unpin(e->pfx, ps->path[k]);
+    ps->n_path = 0;
+}
+
+/* A sequence ended: a finished one leaves its rows (prompt and completion)
+ * to the cache, saved before the slot's next sequence overwrites them. */
+static void pfx_seq_end(st_engine_t *e, seq_t *s, int keep)
+{
+    uint32_t i = (uint32_t)(s - e->seqs);
+    if (!e->pfx)
+        return;
+    if (keep && !s->inflight)
+        pfx_extend(e, i, s->r->prompt, s->pos, ST_PFX_QUEUED, NULL, 1);
+    pfx_release(e, i);
+}
+
 static void seq_finish(st_engine_t *e, seq_t *s, const char *reason, st_status_t status,
                        const char *error)
 {
     req_t *r = s->r;
+    pfx_seq_end(e, s, status == ST_OK && (!strcmp(reason, "stop") || !strcmp(reason, "length")));
     s->r = NULL;
     finish_req(e, r, &s->ts, s->n_gen, reason, status, error);
     st_text_stream_free(&s->ts);
@@ -415,6 +541,86 @@ static mb_rec_t *free_rec(st_engine_t *e)
     return NULL;
 }
 
+/* Every slot's queued saves go first in the micro-batch being built (PRE,
+ * ahead of any load of them), room permitting; a slot whose queue is not
+ * in it is not scheduled (its rows must be saved before they change). */
+static void pfx_emit_queues(st_engine_t *e, mb_rec_t *rec)
+{
+    e->n_ops = 0;
+    rec->n_pend = 0;
+    for (uint32_t i = 0; e->pfx && i < e->p.n_slots; i++) {
+        pslot_t *ps = &e->ps[i];
+        ps->emitting = 0;
+        if (!ps->n_q || ps->hold_mb || !pfx_room(e, ps->n_q))
+            continue;
+        for (uint32_t k = 0; k < ps->n_q; k++) {
+            e->ops[e->n_ops++] = ps->q[k];
+            st_prefix_set_state(e->pfx, (int32_t)ps->q[k].block, ST_PFX_EMITTING);
+            rec->pend[rec->n_pend++] = (int32_t)ps->q[k].block;
+        }
+        ps->emitting = 1;
+    }
+}
+
+/* A new sequence's first chunk: load the longest cached prefix, leaving at
+ * least its last token to compute (its logits are wanted). */
+static void pfx_lookup(st_engine_t *e, uint32_t i, seq_t *s)
+{
+    pslot_t *ps;
+    st_pipeline_info_t info;
+    uint32_t B, k, max;
+
+    e->pipe.ops->info(e->pipe.ctx, &info);
+    if (info.epoch != e->pipe_epoch) {
+        pfx_flush(e, "the pipeline re-planned");
+        e->pipe_epoch = info.epoch;
+    }
+    ps = pfx_slot(e, i);
+    pfx_release(e, i);
+    B = st_prefix_block(e->pfx);
+    max = ST_MIN((s->n_feed - 1) / B, e->path_cap);
+    max = ST_MIN(max, ST_KVOP_MAX - e->n_ops);
+    k = st_prefix_match(e->pfx, s->r->prompt, max, ps->path);
+    for (uint32_t j = 0; j < k; j++)
+        pfx_op(e, ST_KVOP_LOAD, i, j * B, ps->path[j]);
+    ps->n_path = k;
+    s->n_fed = s->pos = k * B;
+    pthread_mutex_lock(&e->lock);
+    e->stats.prefix_lookup_tokens += s->n_feed;
+    e->stats.prefix_hit_tokens += (uint64_t)k * B;
+    pfx_stats_locked(e);
+    pthread_mutex_unlock(&e->lock);
+}
+
+/* After a build: queues that went in are gone, their slots held until
+ * this micro-batch completes when their sequence is not in it; loads of
+ * EMITTING nodes were only valid within it. `sent` 0: it was not
+ * submitted, everything goes back. */
+static void pfx_built(st_engine_t *e, mb_rec_t *rec, int sent)
+{
+    for (uint32_t i = 0; e->pfx && i < e->p.n_slots; i++) {
+        pslot_t *ps = &e->ps[i];
+        if (!ps->emitting)
+            continue;
+        ps->emitting = 0;
+        for (uint32_t k = 0; k < ps->n_q; k++)
+            st_prefix_set_state(e->pfx, (int32_t)ps->q[k].block,
+                                sent ? ST_PFX_PENDING : ST_PFX_QUEUED);
+        if (!sent)
+            continue;
+        ps->n_q = 0;
+        if (!e->seqs[i].r || !e->seqs[i].inflight)
+            ps->hold_mb = rec->id;
+    }
+    if (e->pfx && sent) {
+        /* after the build: a lookup in it may have emptied the cache */
+        rec->pfx_epoch = st_prefix_epoch(e->pfx);
+        pthread_mutex_lock(&e->lock);
+        pfx_stats_locked(e);
+        pthread_mutex_unlock(&e->lock);
+    }
+}
+
 /* Builds and submits one micro-batch from ready sequences. Returns 1 when
  * one was submitted. */
 static int submit_one(st_engine_t *e)
@@ -427,6 +633,7 @@ static int submit_one(st_engine_t *e)
 
     if (!rec)
         return 0;
+    pfx_emit_queues(e, rec);
     for (uint32_t i = 0; i < e->p.n_slots; i++)
         active += e->seqs[i].r != NULL;
     if (active == 0)
@@ -447,6 +654,10 @@ static int submit_one(st_engine_t *e)
         }
         if (s->replay_pending)
             continue;
+        if (e->pfx && (e->ps[i].hold_mb || (e->ps[i].n_q && !e->ps[i].emitting)))
+            continue;
+        if (e->pfx && s->n_fed == 0 && s->n_feed > 1)
+            pfx_lookup(e, i, s);
         if (s->n_fed < s->n_feed) {
             take = ST_MIN(s->n_feed - s->n_fed, e->p.prefill_chunk);
             take = ST_MIN(take, e->p.max_batch - n);
@@ -459,6 +670,8 @@ static int submit_one(st_engine_t *e)
             }
             s->n_fed += take;
             s->pos += take;
+            if (e->pfx)
+                pfx_extend(e, i, r->prompt, s->n_fed, ST_PFX_PENDING, rec, 0);
             if (s->n_fed == s->n_feed) {
                 e->b_want[n - 1] = 1;
                 rec->want_seq[rec->n_want++] = i;
@@ -476,8 +689,10 @@ static int submit_one(st_engine_t *e)
         rec->seqs[n_seq++] = i;
     }
     e->rr = (e->rr + 1) % e->p.n_slots;
-    if (n == 0)
+    if (n == 0) {
+        pfx_built(e, rec, 0);
         return 0;
+    }
     rec->n_seqs = n_seq;
     rec->id = ++e->next_mb;
     rec->used = 1;
@@ -488,9 +703,14 @@ static int submit_one(st_engine_t *e)
     mb.pos = e->b_pos;
     mb.slot = e->b_slot;
     mb.want = e->b_want;
+    mb.n_kvops = e->n_ops;
+    mb.kvops = e->ops;
     st_error_clear(&err);
-    if ((sst = e->pipe.ops->submit(e->pipe.ctx, &mb, &err)) != ST_OK) {
+    sst = e->pipe.ops->submit(e->pipe.ctx, &mb, &err);
+    pfx_built(e, rec, 1);
+    if (sst != ST_OK) {
         st_warn("engine", "pipeline refused a micro-batch: %s", err.msg);
+        pfx_flush(e, "a micro-batch was refused");
         rec->used = 0;
         for (uint32_t j = 0; j < n_seq; j++) {
             seq_t *s = &e->seqs[rec->seqs[j]];
@@ -613,6 +833,15 @@ static void complete(st_engine_t *e, const st_pipeline_result_t *res, const char
     e->n_inflight--;
     for (uint32_t j = 0; j < rec->n_seqs; j++)
         e->seqs[rec->seqs[j]].inflight = 0;
+    for (uint32_t i = 0; e->pfx && i < e->p.n_slots; i++)
+        if (e->ps[i].hold_mb == rec->id)
+            e->ps[i].hold_mb = 0;
+    if (e->pfx && (res->status != ST_OK || res->n_ids != rec->n_want))
+        pfx_flush(e, "a micro-batch failed");
+    else if (e->pfx && rec->pfx_epoch == st_prefix_epoch(e->pfx))
+        for (uint32_t k = 0; k < rec->n_pend; k++)
+            if (st_prefix_state(e->pfx, rec->pend[k]) == ST_PFX_PENDING)
+                st_prefix_set_state(e->pfx, rec->pend[k], ST_PFX_READY);
     if (res->status != ST_OK || res->n_ids != rec->n_want) {
         for (uint32_t j = 0; j < rec->n_seqs; j++) {
             seq_t *s = &e->seqs[rec->seqs[j]];
@@ -693,6 +922,53 @@ static void progress_cb(void *ctx, uint64_t done, uint64_t total)
 /* Opens the model, decrypting it with the key file when one is given (the
  * whole model: the local pipeline holds every layer). The key lives on the
  * stack only for the duration of the open. */
+/* The index, sized from what the pipeline's stages hold. */
+static st_status_t pfx_create(st_engine_t *e, st_error_t *err)
+{
+    uint32_t B = e->info.prefix_block;
+    if (!e->info.prefix_blocks)
+        return ST_OK;
+    if (st_prefix_create(e->info.prefix_blocks, B, &e->pfx) != ST_OK)
+        return st_error_set(err, ST_ERR_NOMEM, "engine: cannot index a prefix cache of %u "
+                            "blocks of %u tokens", e->info.prefix_blocks, B);
+    e->path_cap = e->p.n_ctx / B + 1;
+    e->pipe_epoch = e->info.epoch;
+    e->ps = calloc(e->p.n_slots, sizeof(pslot_t));
+    e->ops = calloc(ST_KVOP_MAX, sizeof(st_kvop_t));
+    if (!e->ps || !e->ops)
+        goto nomem;
+    for (uint32_t i = 0; i < e->p.n_slots; i++)
+        if (!(e->ps[i].path = calloc(e->path_cap, sizeof(int32_t))) ||
+            !(e->ps[i].q = calloc(e->path_cap, sizeof(st_kvop_t))))
+            goto nomem;
+    for (uint32_t i = 0; i < e->info.depth; i++)
+        if (!(e->recs[i].pend = calloc(ST_KVOP_MAX, sizeof(int32_t))))
+            goto nomem;
+    e->stats.prefix_block = B;
+    pfx_stats_locked(e);
+    return ST_OK;
+nomem:
+    return st_error_set(err, ST_ERR_NOMEM, "engine: out of memory for the prefix cache");
+}
+
+static void pfx_destroy(st_engine_t *e)
+{
+    for (uint32_t i = 0; e->ps && i < e->p.n_slots; i++) {
+        free(e->ps[i].path);
+        free(e->ps[i].q);
+    }
+    for (uint32_t i = 0; e->recs && i < e->info.depth; i++) {
+        free(e->recs[i].pend);
+        e->recs[i].pend = NULL;
+    }
+    free(e->ps);
+    free(e->ops);
+    st_prefix_free(e->pfx);
+    e->ps = NULL;
+    e->ops = NULL;
+    e->pfx = NULL;
+}
+
 static st_status_t open_model(const st_engine_params_t *params, st_model_t **out,
                               st_error_t *err)
 {
@@ -766,7 +1042,7 @@ st_status_t st_engine_create(const st_engine_params_t *params, st_engine_t **out
             st_model_prefetch(e->model, 0, st_model_hparams(e->model)->n_layer, 3, progress_cb, NULL);
         st = st_pipeline_local_create(e->model, e->p.n_ctx, e->p.n_slots, e->p.max_batch,
                                       params->backend, params->n_threads, params->kv_type,
-                                      &e->pipe, err);
+                                      params->prefix_cache_bytes, &e->pipe, err);
         if (st != ST_OK)
             goto err_tok;
     }
@@ -794,6 +1070,8 @@ st_status_t st_engine_create(const st_engine_params_t *params, st_engine_t **out
             goto err_bufs;
         }
     }
+    if ((st = pfx_create(e, err)) != ST_OK)
+        goto err_bufs;
     e->stats.n_slots = e->p.n_slots;
     if (pthread_create(&e->thread, NULL, scheduler, e) != 0) {
         st = st_error_set(err, ST_ERR_NOMEM, "engine: cannot start the scheduler thread");
@@ -804,6 +1082,7 @@ st_status_t st_engine_create(const st_engine_params_t *params, st_engine_t **out
     return ST_OK;
 
 err_bufs:
+    pfx_destroy(e);
     for (uint32_t i = 0; e->recs && i < depth; i++) {
         free(e->recs[i].seqs);
         free(e->recs[i].want_seq);
@@ -840,6 +1119,7 @@ void st_engine_free(st_engine_t *e)
         pthread_join(e->thread, NULL);
     }
     /* Drain what the pipeline still holds before destroying it. */
+    pfx_destroy(e);
     for (uint32_t i = 0; i < e->info.depth; i++) {
         free(e->recs[i].seqs);
         free(e->recs[i].want_seq);

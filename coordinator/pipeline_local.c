@@ -11,7 +11,7 @@
 
 typedef struct local_pipe {
     st_stage_t *stage;
-    uint32_t    n_ctx, n_slots, max_batch;
+    uint32_t    n_ctx, n_slots, max_batch, prefix_blocks, prefix_block;
     int32_t    *ids;        /* results of the completed micro-batch */
     uint64_t    done_id;
     uint32_t    done_n;
@@ -45,6 +45,8 @@ static st_status_t local_submit(void *ctx, const st_microbatch_t *mb, st_error_t
     b.slot = mb->slot;
     b.want = mb->want;
     b.flags = ST_STAGE_SAMPLE;
+    b.n_kvops = mb->n_kvops;
+    b.kvops = mb->kvops;
     memset(&out, 0, sizeof(out));
     out.ids = lp->ids;
     lp->done_status = st_stage_forward(lp->stage, &b, &out, err);
@@ -79,6 +81,8 @@ static void local_info(void *ctx, st_pipeline_info_t *out)
     out->n_ctx = lp->n_ctx;
     out->max_batch = lp->max_batch;
     out->healthy = 1;
+    out->prefix_blocks = lp->prefix_blocks;
+    out->prefix_block = lp->prefix_block;
     strncpy(out->detail, st_stage_describe(lp->stage), sizeof(out->detail) - 1);
 }
 
@@ -102,7 +106,8 @@ static const st_pipeline_ops_t local_ops = {
 
 st_status_t st_pipeline_local_create(const st_model_t *m, uint32_t n_ctx, uint32_t n_slots,
                                      uint32_t max_batch, const char *backend, int n_threads,
-                                     uint32_t kv_type, st_pipeline_t *out, st_error_t *err)
+                                     uint32_t kv_type, uint64_t prefix_cache_bytes,
+                                     st_pipeline_t *out, st_error_t *err)
 {
     st_stage_params_t sp = st_stage_default_params(m);
     local_pipe_t *lp = calloc(1, sizeof(*lp));
@@ -117,6 +122,7 @@ st_status_t st_pipeline_local_create(const st_model_t *m, uint32_t n_ctx, uint32
     sp.backend = backend;
     sp.n_threads = n_threads;
     sp.kv_type = kv_type;
+    sp.prefix_blocks = st_stage_prefix_blocks_for(m, kv_type, prefix_cache_bytes, sp.prefix_block);
     st = st_stage_create(&sp, &lp->stage, err);
     if (st != ST_OK)
         goto err_free;
@@ -128,6 +134,8 @@ st_status_t st_pipeline_local_create(const st_model_t *m, uint32_t n_ctx, uint32
     lp->n_ctx = n_ctx;
     lp->n_slots = n_slots;
     lp->max_batch = max_batch;
+    lp->prefix_blocks = sp.prefix_blocks;
+    lp->prefix_block = sp.prefix_block;
     out->ops = &local_ops;
     out->ctx = lp;
     return ST_OK;

@@ -107,6 +107,8 @@ typedef struct st_cluster_params {
                                       encrypted model are never streamed. NULL: none */
     uint32_t    kv_type;           /* KV cache elements on every stage (ST_DTYPE_F32, F16,
                                       Q8_0; default F16), sent in each PLAN */
+    uint64_t    prefix_cache_bytes;/* prefix-cache pool over all stages (0: none); each
+                                      stage holds its layers' share of the same blocks */
 } st_cluster_params_t;
 
 st_cluster_params_t st_cluster_default_params(void);

@@ -58,6 +58,8 @@ typedef struct st_engine_params {
     const char    *key_file;       /* key of an encrypted model (st_crypt.h); NULL: none */
     uint32_t       kv_type;        /* local pipeline: KV cache elements (ST_DTYPE_F32, F16
                                       (default), Q8_0); a cluster takes its own */
+    uint64_t       prefix_cache_bytes; /* local pipeline: prefix-cache pool (0: no reuse);
+                                      a cluster sizes its own (st_cluster_params_t) */
 } st_engine_params_t;
 
 #define ST_GEN_MAX_STOP 8
@@ -111,6 +113,11 @@ typedef struct st_engine_stats {
     char     detail[256];
     uint64_t worker_restarts;          /* from the pipeline (cluster: local workers) */
     uint32_t workers_restart_pending;
+    /* prefix reuse (all 0 without a prefix cache) */
+    uint64_t prefix_lookup_tokens;     /* prompt tokens of sequences looked up */
+    uint64_t prefix_hit_tokens;        /* of those, loaded from the cache */
+    uint32_t prefix_blocks, prefix_blocks_used, prefix_block;
+    uint64_t prefix_evictions, prefix_flushes;
 } st_engine_stats_t;
 
 st_engine_params_t st_engine_default_params(void);
@@ -142,6 +149,7 @@ st_status_t st_engine_count_prompt(st_engine_t *e, const st_gen_request_t *r, ui
 /* The local pipeline (one stage, all layers) over an opened model. */
 st_status_t st_pipeline_local_create(const st_model_t *m, uint32_t n_ctx, uint32_t n_slots,
                                      uint32_t max_batch, const char *backend, int n_threads,
-                                     uint32_t kv_type, st_pipeline_t *out, st_error_t *err);
+                                     uint32_t kv_type, uint64_t prefix_cache_bytes,
+                                     st_pipeline_t *out, st_error_t *err);
 
 #endif /* ST_ENGINE_H */

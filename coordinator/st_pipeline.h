@@ -22,9 +22,11 @@
 #include "st_error.h"
 #include "st_model.h"
 #include "st_sampler.h"
+#include "st_stage.h"
 #include "st_status.h"
 
-#define ST_PIPELINE_ABI_VERSION 1u
+/* 2: micro-batches carry prefix-cache ops, info the cache's shape and epoch. */
+#define ST_PIPELINE_ABI_VERSION 2u
 
 typedef struct st_microbatch {
     uint64_t       id;       /* chosen by the engine, echoed by poll */
@@ -33,6 +35,9 @@ typedef struct st_microbatch {
     const int32_t *pos;      /* [n] */
     const int32_t *slot;     /* [n] */
     const uint8_t *want;     /* [n] 1: sample a token after this one */
+    uint32_t       n_kvops;  /* prefix-cache copies every stage runs around this
+                                micro-batch, in order (st_kvop_t; <= ST_KVOP_MAX) */
+    const st_kvop_t *kvops;
 } st_microbatch_t;
 
 typedef struct st_pipeline_result {
@@ -52,6 +57,9 @@ typedef struct st_pipeline_info {
     char     detail[256];    /* human-readable: stages, hosts, reason if unhealthy */
     uint64_t worker_restarts;        /* local workers restarted after dying, in total */
     uint32_t workers_restart_pending;/* local workers dead and waiting out a back-off */
+    uint32_t prefix_blocks;  /* blocks of the prefix-cache pool every stage holds (0: none) */
+    uint32_t prefix_block;   /* tokens per block */
+    uint32_t epoch;          /* changes when stages may have lost their pools (re-plan) */
 } st_pipeline_info_t;
 
 typedef struct st_pipeline_ops {

@@ -344,8 +344,9 @@ st_status_t st_plan_compute(const st_plan_params_t *p, st_plan_t **out, st_error
 
     /* One overflow check for everything a single stage could hold. */
     uint64_t total = 0, kv_tok;
-    if (st_mul_overflow_u64(p->model.kv_bytes_per_token_layer, p->n_ctx, &kv_tok) ||
-        st_mul_overflow_u64(kv_tok, p->n_seq, &c.kvl) ||
+    if (st_mul_overflow_u64(p->n_ctx, p->n_seq, &kv_tok) ||
+        st_add_overflow_u64(kv_tok, p->pool_tokens, &kv_tok) ||
+        st_mul_overflow_u64(kv_tok, p->model.kv_bytes_per_token_layer, &c.kvl) ||
         st_mul_overflow_u64(p->model.act_bytes_per_seq, p->n_seq, &c.act) ||
         st_add_overflow_u64(p->model.embd_bytes, p->model.output_bytes, &total) ||
         st_add_overflow_u64(total, c.act, &total))

@@ -85,6 +85,8 @@ typedef struct st_plan_params {
     const st_plan_worker_t *workers;     /* [n_workers] */
     const double           *latency_us;  /* NULL, or [n_workers * n_workers]:
                                             [i * n + j] = one-way latency i -> j */
+    uint64_t                pool_tokens; /* KV rows per layer beyond n_ctx * n_seq that
+                                            every stage keeps (the prefix cache's pool) */
 } st_plan_params_t;
 
 /* One pipeline stage, in pipeline order. */

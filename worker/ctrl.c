@@ -226,6 +226,8 @@ static st_status_t encode_payload(const st_ctrl_msg_t *m, wr_t *w, st_error_t *e
         put_u32(w, p->max_batch);
         put_u32(w, (uint32_t)p->n_threads);
         put_u32(w, p->kv_type);
+        put_u32(w, p->prefix_blocks);
+        put_u32(w, p->prefix_block);
         put_u32(w, p->flags);
         put_u32(w, p->n_manifest);
         put_u32(w, p->host_rank);
@@ -461,6 +463,8 @@ st_status_t st_ctrl_decode(const uint8_t *frame, size_t len, st_ctrl_msg_t *m, s
         p->max_batch = get_u32(&r, "max_batch");
         p->n_threads = (int32_t)get_u32(&r, "n_threads");
         p->kv_type = get_u32(&r, "kv_type");
+        p->prefix_blocks = get_u32(&r, "prefix_blocks");
+        p->prefix_block = get_u32(&r, "prefix_block");
         p->flags = get_u32(&r, "flags");
         p->n_manifest = get_u32(&r, "n_manifest");
         p->host_rank = get_u32(&r, "host_rank");

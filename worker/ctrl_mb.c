@@ -12,6 +12,7 @@
 
 _Static_assert(sizeof(st_ctrl_mb_hdr_t) == 320, "micro-batch header is part of the wire");
 _Static_assert(sizeof(st_ctrl_mb_setup_t) == 40, "setup record is part of the wire");
+_Static_assert(sizeof(st_kvop_t) == 24, "prefix-cache op is part of the wire");
 
 /* Adds `bytes` at the given alignment; returns 1 on overflow. */
 static int take(uint64_t *off, uint64_t bytes, uint64_t align, size_t *at)
@@ -24,7 +25,8 @@ static int take(uint64_t *off, uint64_t bytes, uint64_t align, size_t *at)
 }
 
 st_status_t st_ctrl_mb_layout(uint32_t kind, uint32_t n, uint32_t n_embd, uint32_t setup_bytes,
-                              uint32_t n_ids, uint32_t text_len, st_ctrl_mb_layout_t *out)
+                              uint32_t n_kvops, uint32_t n_ids, uint32_t text_len,
+                              st_ctrl_mb_layout_t *out)
 {
     uint64_t off = sizeof(st_ctrl_mb_hdr_t), hidden;
     st_ctrl_mb_layout_t l;
@@ -39,6 +41,7 @@ st_status_t st_ctrl_mb_layout(uint32_t kind, uint32_t n, uint32_t n_embd, uint32
         o |= take(&off, 4ull * n, 4, &l.slot);
         o |= take(&off, n, 4, &l.want);
         o |= take(&off, setup_bytes, 8, &l.setup);
+        o |= take(&off, (uint64_t)sizeof(st_kvop_t) * n_kvops, 8, &l.kvops);
         if (kind == ST_CTRL_MB_TOKENS) {
             o |= take(&off, 4ull * n, 8, &l.tokens);
         } else {
@@ -152,9 +155,10 @@ st_status_t st_ctrl_mb_parse(const void *frame, size_t len, const st_ctrl_mb_lim
     if (h->kind != lim->kind)
         return st_error_set(err, ST_ERR_PROTOCOL, "micro-batch: kind %u, expected %u",
                             h->kind, lim->kind);
-    if (h->n_stamps > ST_CTRL_MAX_STAGES || h->reserved != 0)
-        return st_error_set(err, ST_ERR_PROTOCOL, "micro-batch: n_stamps %u / reserved %u "
-                            "invalid", h->n_stamps, h->reserved);
+    if (h->n_stamps > ST_CTRL_MAX_STAGES || h->n_kvops > ST_KVOP_MAX ||
+        (h->kind == ST_CTRL_MB_IDS && h->n_kvops))
+        return st_error_set(err, ST_ERR_PROTOCOL, "micro-batch: n_stamps %u / prefix-cache "
+                            "ops %u invalid", h->n_stamps, h->n_kvops);
     if (h->kind == ST_CTRL_MB_IDS) {
         if (h->n || h->n_setup || h->setup_bytes || h->n_embd)
             return st_error_set(err, ST_ERR_PROTOCOL, "micro-batch: ids frame with tokens");
@@ -179,7 +183,8 @@ st_status_t st_ctrl_mb_parse(const void *frame, size_t len, const st_ctrl_mb_lim
             return st_error_set(err, ST_ERR_PROTOCOL, "micro-batch: width %u, this model's "
                                 "is %u", h->n_embd, lim->n_embd);
     }
-    st = st_ctrl_mb_layout(h->kind, h->n, h->n_embd, h->setup_bytes, h->n_ids, h->text_len, &l);
+    st = st_ctrl_mb_layout(h->kind, h->n, h->n_embd, h->setup_bytes, h->n_kvops, h->n_ids,
+                           h->text_len, &l);
     if (st != ST_OK || l.total != len)
         return st_error_set(err, ST_ERR_PROTOCOL, "micro-batch: frame is %zu bytes, its "
                             "header describes %zu", len, st == ST_OK ? l.total : (size_t)0);
@@ -219,6 +224,15 @@ st_status_t st_ctrl_mb_parse(const void *frame, size_t len, const st_ctrl_mb_lim
     st = check_setups(v.setup, h->n_setup, h->setup_bytes, lim, err);
     if (st != ST_OK)
         return st;
+    v.kvops = (const st_kvop_t *)(const void *)(b + l.kvops);
+    for (uint32_t i = 0; i < h->n_kvops; i++) {
+        const st_kvop_t *op = &v.kvops[i];
+        if (op->kind < ST_KVOP_SAVE_PRE || op->kind > ST_KVOP_SAVE_POST ||
+            op->slot >= lim->n_slots || op->pos >= lim->n_ctx || op->tag == 0)
+            return st_error_set(err, ST_ERR_PROTOCOL, "micro-batch: prefix-cache op %u: kind "
+                                "%u, slot %u, position %u invalid", i, op->kind, op->slot,
+                                op->pos);
+    }
     if (h->kind == ST_CTRL_MB_TOKENS) {
         v.tokens = (const int32_t *)(const void *)(b + l.tokens);
         for (uint32_t i = 0; i < h->n; i++)

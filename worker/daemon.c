@@ -356,8 +356,8 @@ static size_t frame_max(const wk_t *w)
     uint64_t setup = (uint64_t)pl->n_slots * st_ctrl_mb_setup_size(pl->n_ctx);
     st_ctrl_mb_layout_t l;
     if (setup > UINT32_MAX ||
-        st_ctrl_mb_layout(ST_CTRL_MB_HIDDEN, pl->max_batch, w->n_embd, (uint32_t)setup, 0, 0,
-                          &l) != ST_OK)
+        st_ctrl_mb_layout(ST_CTRL_MB_HIDDEN, pl->max_batch, w->n_embd, (uint32_t)setup,
+                          ST_KVOP_MAX, 0, 0, &l) != ST_OK)
         return 0;
     return l.total;
 }
@@ -508,6 +508,9 @@ static st_status_t load(wk_t *w, st_ctrl_loaded_t *res, st_error_t *err)
     sp.max_out = ST_MIN(pl->n_slots, pl->max_batch);
     sp.n_threads = w->p->n_threads > 0 ? w->p->n_threads : pl->n_threads;
     sp.kv_type = pl->kv_type;
+    sp.prefix_blocks = pl->prefix_blocks;   /* bounded by st_stage_create */
+    if (pl->prefix_blocks)
+        sp.prefix_block = pl->prefix_block;
     st = st_stage_create(&sp, &w->stage, err);
     if (st != ST_OK)
         return st;

@@ -68,7 +68,7 @@ static void send_error(wk_t *w, uint64_t mb_id, uint64_t t_submit, st_status_t s
 
     snprintf(line, sizeof(line), "stage %u (%s): %s", w->plan.stage, w->name, text);
     tl = (uint32_t)strlen(line) + 1;
-    if (st_ctrl_mb_layout(ST_CTRL_MB_IDS, 0, 0, 0, 0, tl, &l) != ST_OK || l.total > w->frame_max)
+    if (st_ctrl_mb_layout(ST_CTRL_MB_IDS, 0, 0, 0, 0, 0, tl, &l) != ST_OK || l.total > w->frame_max)
         return;
     take_buffer(w, &b, &idx);
     memset(b, 0, l.total);
@@ -159,9 +159,10 @@ static void on_frame(wk_t *w, const void *data, size_t len)
         st_ctrl_mb_layout_t ol;
         st_ctrl_mb_hdr_t *oh;
         if (last)
-            st = st_ctrl_mb_layout(ST_CTRL_MB_IDS, 0, 0, 0, pl->n_slots, 0, &ol);
+            st = st_ctrl_mb_layout(ST_CTRL_MB_IDS, 0, 0, 0, 0, pl->n_slots, 0, &ol);
         else
-            st = st_ctrl_mb_layout(ST_CTRL_MB_HIDDEN, ih->n, w->n_embd, ih->setup_bytes, 0, 0, &ol);
+            st = st_ctrl_mb_layout(ST_CTRL_MB_HIDDEN, ih->n, w->n_embd, ih->setup_bytes,
+                                   ih->n_kvops, 0, 0, &ol);
         if (st != ST_OK || ol.total > w->frame_max) {
             send_error(w, ih->mb_id, ih->t_submit, ST_ERR_RANGE, "output frame too large");
             return;
@@ -175,6 +176,8 @@ static void on_frame(wk_t *w, const void *data, size_t len)
         b.slot = v.slot;
         b.want = v.want;
         b.flags = last ? ST_STAGE_SAMPLE : 0;
+        b.n_kvops = ih->n_kvops;
+        b.kvops = v.kvops;
         memset(&o, 0, sizeof(o));
         if (last)
             o.ids = w->ids;
@@ -192,11 +195,11 @@ static void on_frame(wk_t *w, const void *data, size_t len)
         *oh = *ih;
         if (last) {
             oh->kind = ST_CTRL_MB_IDS;
-            oh->n = oh->n_setup = oh->setup_bytes = oh->n_embd = 0;
+            oh->n = oh->n_setup = oh->setup_bytes = oh->n_embd = oh->n_kvops = 0;
             oh->n_ids = o.n_out;
             oh->status = ST_OK;
             oh->text_len = 0;
-            st_ctrl_mb_layout(ST_CTRL_MB_IDS, 0, 0, 0, o.n_out, 0, &ol);
+            st_ctrl_mb_layout(ST_CTRL_MB_IDS, 0, 0, 0, 0, o.n_out, 0, &ol);
             memcpy(ob + ol.ids, w->ids, 4u * o.n_out);
         } else {
             oh->kind = ST_CTRL_MB_HIDDEN;
@@ -206,6 +209,8 @@ static void on_frame(wk_t *w, const void *data, size_t len)
             memcpy(ob + ol.want, v.want, ih->n);
             if (ih->setup_bytes)
                 memcpy(ob + ol.setup, v.setup, ih->setup_bytes);
+            if (ih->n_kvops)
+                memcpy(ob + ol.kvops, v.kvops, sizeof(st_kvop_t) * ih->n_kvops);
         }
         if (stage < ST_CTRL_MAX_STAGES) {
             oh->stamp[stage][0] = t_recv;

@@ -54,11 +54,14 @@
 
 #include "st_error.h"
 #include "st_sampler.h"
+#include "st_stage.h"
 #include "st_status.h"
 
 #define ST_CTRL_MAGIC        0x43525453u   /* "STRC" */
-/* 2: PLAN carries kv_type (the stage's KV cache element type). */
-#define ST_CTRL_VERSION      2u
+/* 2: PLAN carries kv_type (the stage's KV cache element type).
+ * 3: PLAN carries the prefix-cache pool's shape; micro-batch frames carry
+ *    prefix-cache ops (st_kvop_t) in the header's former reserved word. */
+#define ST_CTRL_VERSION      3u
 #define ST_CTRL_HDR_SIZE     16u
 #define ST_CTRL_MAX_PAYLOAD  (64u * 1024u)
 #define ST_CTRL_NAME_MAX     64    /* worker and host names, with NUL */
@@ -140,6 +143,7 @@ typedef struct st_ctrl_plan {
     uint32_t kv_type;                   /* KV cache elements (st_dtype_t: F32, F16, Q8_0).
                                            Decoded as any number: the worker refuses one
                                            it does not know, in LOADED, naming it */
+    uint32_t prefix_blocks, prefix_block; /* the stage's prefix-cache pool (0: none) */
     uint32_t flags;                     /* ST_CTRL_PLAN_* */
     uint32_t n_manifest;                /* tensor hashes that follow */
     uint32_t host_rank, host_workers;   /* this worker among the plan's workers on its
@@ -364,7 +368,7 @@ typedef struct st_ctrl_mb_hdr {
     int32_t  status;         /* IDS: ST_OK or the error of some stage */
     uint32_t text_len;       /* IDS: error text bytes including its NUL */
     uint32_t n_stamps;       /* stages that stamped so far */
-    uint32_t reserved;       /* 0 */
+    uint32_t n_kvops;        /* TOKENS, HIDDEN: prefix-cache ops carried (<= ST_KVOP_MAX) */
     uint64_t mb_id;
     uint64_t t_submit;       /* coordinator clock */
     /* per stage: receive and send time (CLOCK_MONOTONIC of that host) */
@@ -382,14 +386,15 @@ typedef struct st_ctrl_mb_setup {
 
 /* Where each part of a frame lies (byte offsets from the frame start). */
 typedef struct st_ctrl_mb_layout {
-    size_t pos, slot, want, setup, tokens, hidden, ids, text, total;
+    size_t pos, slot, want, setup, kvops, tokens, hidden, ids, text, total;
 } st_ctrl_mb_layout_t;
 
 /* Offsets for a frame of this shape; ST_ERR_OVERFLOW on absurd sizes. The
  * hidden rows start 64-byte aligned from the frame start. IDS frames carry
  * ids and an error text of `text_len` bytes. */
 st_status_t st_ctrl_mb_layout(uint32_t kind, uint32_t n, uint32_t n_embd, uint32_t setup_bytes,
-                              uint32_t n_ids, uint32_t text_len, st_ctrl_mb_layout_t *out);
+                              uint32_t n_kvops, uint32_t n_ids, uint32_t text_len,
+                              st_ctrl_mb_layout_t *out);
 /* Bytes of a setup record with this window. */
 static inline uint32_t st_ctrl_mb_setup_size(uint32_t n_window)
 {
@@ -412,6 +417,8 @@ typedef struct st_ctrl_mb_view {
     const uint8_t *want;
     const float   *hidden;
     const uint8_t *setup;            /* n_setup records, see st_ctrl_mb_setup_next */
+    const st_kvop_t *kvops;          /* n_kvops ops (fields checked against the limits;
+                                        the stage checks blocks and runs them) */
     const char    *text;             /* IDS error text, NUL-terminated by the sender */
     st_ctrl_mb_layout_t layout;
 } st_ctrl_mb_view_t;

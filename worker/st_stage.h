@@ -58,7 +58,39 @@ typedef struct st_stage_params {
     int               device;       /* GPU ordinal for device backends */
     uint32_t          kv_type;      /* KV cache elements: ST_DTYPE_F32, F16 (default) or
                                        Q8_0; a backend without it refuses at create */
+    uint32_t          prefix_blocks; /* prefix cache: blocks of KV rows this stage keeps
+                                       for its layers (0: none; see st_kvop_t) */
+    uint32_t          prefix_block;  /* tokens per block (ST_PREFIX_BLOCK by default) */
 } st_stage_params_t;
+
+/* Prefix reuse (docs/CLUSTER.md, "Prefix reuse"). A stage keeps a pool of
+ * `prefix_blocks` blocks, each the K/V rows of `prefix_block` consecutive
+ * positions for every layer it holds, in host memory. Whoever schedules
+ * (the engine) owns the index: which token blocks a pool block holds, and
+ * a 64-bit tag naming that content; the stage only copies rows between a
+ * slot and the pool as told, and refuses a load whose tag is not the one
+ * it last saved there (a pool wiped by a restart, an engine out of step),
+ * so stale rows are never attended to. Ops run in array order: PRE ops
+ * (SAVE_PRE, LOAD) before the batch's forward, SAVE_POST after it, so one
+ * micro-batch can save the rows it computed and load rows for another
+ * sequence, and a save of a finished sequence's rows runs before a new
+ * sequence in that slot overwrites them. */
+#define ST_PREFIX_BLOCK 32u
+#define ST_KVOP_MAX     1024u   /* ops per batch (and per micro-batch frame) */
+
+typedef enum st_kvop_kind {
+    ST_KVOP_SAVE_PRE  = 1,   /* slot rows [pos, pos + block) -> pool block, before forward */
+    ST_KVOP_LOAD      = 2,   /* pool block -> slot rows, before forward */
+    ST_KVOP_SAVE_POST = 3    /* as SAVE_PRE, after the forward computed the rows */
+} st_kvop_kind_t;
+
+typedef struct st_kvop {     /* 24 bytes, also on the wire (st_ctrl.h) */
+    uint32_t kind;           /* st_kvop_kind_t */
+    uint32_t slot;
+    uint32_t pos;            /* first position, a multiple of prefix_block */
+    uint32_t block;          /* pool block, < prefix_blocks */
+    uint64_t tag;            /* content name, nonzero; a LOAD must match the last SAVE */
+} st_kvop_t;
 
 enum {
     ST_STAGE_SAMPLE = 1u << 0   /* last stage: return sampled ids, not logits */
@@ -73,6 +105,8 @@ typedef struct st_stage_batch {
     const uint8_t *want;     /* last stage: 1 where logits/sample are wanted;
                                 NULL means only the last token of the batch */
     unsigned       flags;    /* ST_STAGE_SAMPLE */
+    uint32_t       n_kvops;  /* prefix-cache copies around the forward (<= ST_KVOP_MAX) */
+    const st_kvop_t *kvops;
 } st_stage_batch_t;
 
 typedef struct st_stage_out {
@@ -106,5 +140,12 @@ const char  *st_stage_describe(const st_stage_t *s);   /* backend, threads, laye
 uint64_t     st_stage_weight_bytes(const st_stage_t *s);
 /* Bytes of KV cache allocated (n_slots * n_ctx * layers * K and V row bytes of kv_type). */
 uint64_t     st_stage_kv_bytes(const st_stage_t *s);
+/* Blocks of `block` tokens a prefix-cache budget of `bytes` holds for the
+ * whole model (every layer's K and V rows of kv_type): what each stage of
+ * a pipeline is given, for its own layers. 0 when none fits. */
+uint32_t     st_stage_prefix_blocks_for(const st_model_t *m, uint32_t kv_type, uint64_t bytes,
+                                        uint32_t block);
+/* Bytes of the prefix-cache pool (host memory, touched as blocks fill). */
+uint64_t     st_stage_prefix_bytes(const st_stage_t *s);
 
 #endif /* ST_STAGE_H */

@@ -37,6 +37,7 @@ st_stage_params_t st_stage_default_params(const st_model_t *model)
     p.backend = "cpu";
     p.n_threads = 0;
     p.kv_type = ST_KV_TYPE_DEFAULT;
+    p.prefix_block = ST_PREFIX_BLOCK;
     return p;
 }
 
@@ -247,6 +248,9 @@ st_status_t st_stage_create(const st_stage_params_t *params, st_stage_t **out, s
         goto err_kv;
     }
 
+    if ((st = st_stage_prefix_init(s, err)) != ST_OK)
+        goto err_kv;
+
     if (st_stage_is_last(s)) {
         s->out_rows = calloc(params->max_batch, sizeof(int32_t));
         s->host_logits = calloc((size_t)s->p.max_out * s->hp->n_vocab, sizeof(float));
@@ -276,6 +280,7 @@ err_host:
     free(s->samplers);
     free(s->host_logits);
     free(s->out_rows);
+    st_stage_prefix_fini(s);
 err_kv:
     for (uint32_t l = 0; s->k_cache && l < s->n_layers; l++) {
         bfree(s, s->k_cache[l]);
@@ -304,6 +309,7 @@ void st_stage_free(st_stage_t *s)
     free(s->samplers);
     free(s->host_logits);
     free(s->out_rows);
+    st_stage_prefix_fini(s);
     for (uint32_t l = 0; l < s->n_layers; l++) {
         bfree(s, s->k_cache[l]);
         bfree(s, s->v_cache[l]);
@@ -380,7 +386,7 @@ static st_status_t check_batch(const st_stage_t *s, const st_stage_batch_t *b, s
             return st_error_set(err, ST_ERR_RANGE, "stage: token id %d outside vocabulary of %u",
                                 b->tokens[i], s->hp->n_vocab);
     }
-    return ST_OK;
+    return st_stage_kv_check(s, b, err);
 }
 
 static st_status_t run_head(st_stage_t *s, const st_stage_batch_t *b, st_stage_out_t *out,
@@ -457,8 +463,12 @@ st_status_t st_stage_forward(st_stage_t *s, const st_stage_batch_t *b, st_stage_
     } else if ((st = o->to_device(s->be.ctx, s->x, b->hidden, hidden_bytes)) != ST_OK)
         return st_error_set(err, st, "stage: cannot upload hidden state");
 
+    if (b->n_kvops && (st = st_stage_kv_ops(s, b, 1, err)) != ST_OK)
+        return st;
     for (uint32_t l = s->p.first_layer; l < s->p.last_layer; l++)
         s->impl->forward(s, l, b);
+    if (b->n_kvops && (st = st_stage_kv_ops(s, b, 0, err)) != ST_OK)
+        return st;
 
     if (!st_stage_is_last(s)) {
         if (!out->hidden)

@@ -29,6 +29,11 @@ struct st_stage {
     float   *host_logits;           /* max_out x n_vocab, for sampling */
     st_sampler_t **samplers;        /* per slot, last stage only */
     uint64_t kv_bytes;
+    /* prefix-cache pool (stage_prefix.c): per local layer, prefix_blocks x
+     * prefix_block rows of K (and V), and the tag each block holds */
+    uint8_t **pk, **pv;
+    uint64_t *ptag;
+    uint64_t  prefix_bytes;
     char     desc[256];
 };
 
@@ -43,6 +48,14 @@ typedef struct st_layer_impl {
 
 /* The forward of a family (layers.c); NULL for an unknown one. */
 const st_layer_impl_t *st_layer_impl(st_family_t f);
+
+/* The prefix-cache pool (stage_prefix.c): allocated at create, freed at
+ * free; kv_ops checks a batch's ops and runs one phase of them (pre: 1 runs
+ * SAVE_PRE and LOAD, 0 runs SAVE_POST). */
+st_status_t st_stage_prefix_init(st_stage_t *s, st_error_t *err);
+void        st_stage_prefix_fini(st_stage_t *s);
+st_status_t st_stage_kv_check(const st_stage_t *s, const st_stage_batch_t *b, st_error_t *err);
+st_status_t st_stage_kv_ops(st_stage_t *s, const st_stage_batch_t *b, int pre, st_error_t *err);
 
 /* Backend memory of n floats (zeroed); on failure sets *st (once set,
  * further calls return NULL, so a run of allocations is checked once). */

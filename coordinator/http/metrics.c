@@ -175,6 +175,30 @@ char *st_http_metrics_render(const st_http_metrics_t *m, const st_http_metrics_v
         scalar(&b, "strata_workers_restart_pending", "gauge",
                "Local workers dead and waiting out their restart back-off.",
                (double)es->workers_restart_pending);
+        scalar(&b, "strata_prefix_cache_lookup_tokens_total", "counter",
+               "Prompt tokens of sequences looked up in the prefix cache.",
+               (double)es->prefix_lookup_tokens);
+        scalar(&b, "strata_prefix_cache_hit_tokens_total", "counter",
+               "Prompt tokens whose KV rows came from the prefix cache, not computed.",
+               (double)es->prefix_hit_tokens);
+        scalar(&b, "strata_prefix_cache_hit_ratio", "gauge",
+               "Hit tokens over lookup tokens since start (0 before any lookup).",
+               es->prefix_lookup_tokens ? (double)es->prefix_hit_tokens /
+                                          (double)es->prefix_lookup_tokens : 0.0);
+        scalar(&b, "strata_prefix_cache_blocks", "gauge",
+               "Blocks of the prefix cache's pool (0: prefix reuse off).",
+               (double)es->prefix_blocks);
+        scalar(&b, "strata_prefix_cache_blocks_used", "gauge",
+               "Blocks of the prefix cache holding a prompt prefix.",
+               (double)es->prefix_blocks_used);
+        scalar(&b, "strata_prefix_cache_block_tokens", "gauge", "Tokens per prefix-cache block.",
+               (double)es->prefix_block);
+        scalar(&b, "strata_prefix_cache_evictions_total", "counter",
+               "Prefix-cache blocks evicted (least recently used) to make room.",
+               (double)es->prefix_evictions);
+        scalar(&b, "strata_prefix_cache_flushes_total", "counter",
+               "Times the prefix cache was emptied (a stage failed or the cluster re-planned).",
+               (double)es->prefix_flushes);
     }
     head(&b, "strata_stage_compute_seconds_total", "counter",
          "Compute time spent by each pipeline stage.");

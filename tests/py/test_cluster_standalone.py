@@ -126,7 +126,7 @@ def test_worker_refused_when_it_lacks_the_secret_the_coordinator_checks(strata, 
     s = socket.create_connection(("127.0.0.1", port), timeout=20)
 
     def frame(t, payload):
-        return struct.pack("<IHHII", 0x43525453, 2, t, len(payload), 0) + payload  # protocol v2
+        return struct.pack("<IHHII", 0x43525453, 3, t, len(payload), 0) + payload  # protocol v3
 
     def sstr(x):
         return struct.pack("<H", len(x)) + x
@@ -152,7 +152,7 @@ def test_hostile_control_messages_do_not_hurt(strata, real_model, secret):
     c = start([strata, "coordinator", "-m", real_model, "--listen", f"127.0.0.1:{port}",
                "--data-listen", "127.0.0.1:0", "--workers", "1", "--secret-file", secret,
                "--join-timeout", "30", "-p", PROMPT, "-n", "4"])
-    v = 2   # the protocol version (ST_CTRL_VERSION), so each frame fails where meant
+    v = 3   # the protocol version (ST_CTRL_VERSION), so each frame fails where meant
     bad_frames = [
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",                               # not our protocol
         struct.pack("<IHHII", 0x43525453, v, 1, 0x7fffffff, 0),              # huge length

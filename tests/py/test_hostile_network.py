@@ -85,7 +85,7 @@ def alive(pid):
     return st != "Z"
 
 
-def ctrl_frame(rng, typ=None, length=None, payload=None, version=2):  # ST_CTRL_VERSION
+def ctrl_frame(rng, typ=None, length=None, payload=None, version=3):  # ST_CTRL_VERSION
     typ = rng.randrange(0, 40) if typ is None else typ
     payload = os.urandom(rng.randrange(0, 300)) if payload is None else payload
     length = len(payload) if length is None else length

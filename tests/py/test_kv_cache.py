@@ -109,7 +109,7 @@ def test_unknown_kv_type_refused(strata, real_model):
 
 
 def test_worker_refuses_unknown_kv_type(strata, real_model, tmp_path):
-    """A coordinator (played here by hand, protocol v2) that plans a KV type
+    """A coordinator (played here by hand, protocol v3) that plans a KV type
     the worker does not know gets LOADED with an error naming the type,
     before the worker maps the model."""
     import hashlib
@@ -144,11 +144,11 @@ def test_worker_refuses_unknown_kv_type(strata, real_model, tmp_path):
 
         def recv_msg():
             magic, ver, typ, ln, _ = struct.unpack("<IHHII", recv_exact(16))
-            assert magic == 0x43525453 and ver == 2
+            assert magic == 0x43525453 and ver == 3
             return typ, recv_exact(ln)
 
         def send(typ, payload, epoch=0):
-            c.sendall(struct.pack("<IHHII", 0x43525453, 2, typ, len(payload), epoch) + payload)
+            c.sendall(struct.pack("<IHHII", 0x43525453, 3, typ, len(payload), epoch) + payload)
 
         def sstr(b):
             return struct.pack("<H", len(b)) + b
@@ -164,8 +164,9 @@ def test_worker_refuses_unknown_kv_type(strata, real_model, tmp_path):
         assert typ == 3                                             # AUTH
         send(4, struct.pack("<II", 1, 500))                         # WELCOME
         # PLAN: stage 0 of 1, layers [0, 30) of 30, n_ctx 256, 1 slot, batch 16,
-        # 1 thread, kv_type 7 (not a KV type), no flags, no manifest, rank 0 of 1
-        plan = struct.pack("<14I", 0, 1, 0, 30, 30, 256, 1, 16, 1, 7, 0, 0, 0, 1)
+        # 1 thread, kv_type 7 (not a KV type), no prefix cache (0 blocks of 32),
+        # no flags, no manifest, rank 0 of 1
+        plan = struct.pack("<16I", 0, 1, 0, 30, 30, 256, 1, 16, 1, 7, 0, 32, 0, 0, 0, 1)
         plan += struct.pack("<Q", os.path.getsize(real_model)) + sstr(real_model.encode())
         plan += sstr(b"")
         send(6, plan, epoch=1)

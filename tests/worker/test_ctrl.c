@@ -282,7 +282,7 @@ static size_t build_tokens(uint32_t n, int with_setup)
     st_sampler_params_t sp = st_sampler_default_params();
     int32_t win[3] = {1, 2, 3};
 
-    if (st_ctrl_mb_layout(ST_CTRL_MB_TOKENS, n, 0, sb, 0, 0, &l) != ST_OK)
+    if (st_ctrl_mb_layout(ST_CTRL_MB_TOKENS, n, 0, sb, 0, 0, 0, &l) != ST_OK)
         return 0;
     memset(mbuf, 0, l.total);
     h->magic = ST_CTRL_MB_MAGIC;
@@ -339,7 +339,7 @@ ST_TEST(mb_frame_is_validated)
     st_ctrl_mb_limits_t lim = tok_lim;
     size_t len;
 
-    ST_REQUIRE(st_ctrl_mb_layout(ST_CTRL_MB_TOKENS, 5, 0, st_ctrl_mb_setup_size(3), 0, 0, &l) == ST_OK);
+    ST_REQUIRE(st_ctrl_mb_layout(ST_CTRL_MB_TOKENS, 5, 0, st_ctrl_mb_setup_size(3), 0, 0, 0, &l) == ST_OK);
 #define FRESH() (len = build_tokens(5, 1))
     FRESH();
     ST_CHECK(st_ctrl_mb_parse(mbuf, len - 8, &lim, &v, &err) == ST_ERR_PROTOCOL);
@@ -403,7 +403,7 @@ ST_TEST(mb_ids_frame)
     static const char text[] = "stage 1 (w1): out of memory";
 
     lim.kind = ST_CTRL_MB_IDS;
-    ST_REQUIRE(st_ctrl_mb_layout(ST_CTRL_MB_IDS, 0, 0, 0, 2, 0, &l) == ST_OK);
+    ST_REQUIRE(st_ctrl_mb_layout(ST_CTRL_MB_IDS, 0, 0, 0, 0, 2, 0, &l) == ST_OK);
     memset(mbuf, 0, l.total);
     h->magic = ST_CTRL_MB_MAGIC;
     h->version = ST_CTRL_VERSION;
@@ -418,7 +418,7 @@ ST_TEST(mb_ids_frame)
     h->n_ids = 3;                                        /* more than max_ids */
     ST_CHECK(st_ctrl_mb_parse(mbuf, l.total, &lim, &v, &err) == ST_ERR_PROTOCOL);
 
-    ST_REQUIRE(st_ctrl_mb_layout(ST_CTRL_MB_IDS, 0, 0, 0, 0, sizeof(text), &l) == ST_OK);
+    ST_REQUIRE(st_ctrl_mb_layout(ST_CTRL_MB_IDS, 0, 0, 0, 0, 0, sizeof(text), &l) == ST_OK);
     memset(mbuf, 0, l.total);
     h->magic = ST_CTRL_MB_MAGIC;
     h->version = ST_CTRL_VERSION;
@@ -431,6 +431,179 @@ ST_TEST(mb_ids_frame)
     ST_CHECK(v.text && !strcmp(v.text, text));
     ((uint8_t *)mbuf)[l.text + sizeof(text) - 1] = 'x';  /* not terminated */
     ST_CHECK(st_ctrl_mb_parse(mbuf, l.total, &lim, &v, &err) == ST_ERR_PROTOCOL);
+}
+
+/* ---- prefix-cache ops in micro-batch frames ------------------------------ */
+
+/* A TOKENS frame of n tokens (as build_tokens, no setups) carrying the
+ * n_ops ops; *lo gets its layout. */
+static size_t build_tokens_ops(uint32_t n, const st_kvop_t *ops, uint32_t n_ops,
+                               st_ctrl_mb_layout_t *lo)
+{
+    st_ctrl_mb_layout_t l;
+    st_ctrl_mb_hdr_t *h = (st_ctrl_mb_hdr_t *)mbuf;
+    uint8_t *b = (uint8_t *)mbuf;
+
+    if (st_ctrl_mb_layout(ST_CTRL_MB_TOKENS, n, 0, 0, n_ops, 0, 0, &l) != ST_OK ||
+        l.total > sizeof(mbuf))
+        return 0;
+    memset(mbuf, 0, l.total);
+    h->magic = ST_CTRL_MB_MAGIC;
+    h->version = ST_CTRL_VERSION;
+    h->kind = ST_CTRL_MB_TOKENS;
+    h->epoch = 2;
+    h->n = n;
+    h->n_kvops = n_ops;
+    h->mb_id = 78;
+    for (uint32_t i = 0; i < n; i++) {
+        ((int32_t *)(void *)(b + l.pos))[i] = (int32_t)i;
+        ((int32_t *)(void *)(b + l.slot))[i] = (int32_t)(i % 2);
+        ((int32_t *)(void *)(b + l.tokens))[i] = (int32_t)(100 + i);
+        b[l.want + i] = i + 1 == n;
+    }
+    if (n_ops)
+        memcpy(b + l.kvops, ops, sizeof(st_kvop_t) * n_ops);
+    *lo = l;
+    return l.total;
+}
+
+static const st_kvop_t three_ops[3] = {
+    {.kind = ST_KVOP_LOAD, .slot = 0, .pos = 0, .block = 3, .tag = 0x1122334455667788ull},
+    {.kind = ST_KVOP_SAVE_PRE, .slot = 1, .pos = 16, .block = 0, .tag = 7},
+    {.kind = ST_KVOP_SAVE_POST, .slot = 1, .pos = 127, .block = 9, .tag = UINT64_MAX}};
+
+ST_TEST(mb_frame_carries_kvops)
+{
+    st_ctrl_mb_layout_t l, l0;
+    st_ctrl_mb_view_t v;
+    st_error_t err;
+    size_t len = build_tokens_ops(5, three_ops, 3, &l);
+
+    ST_REQUIRE(len > 0);
+    /* The ops take 3 x 24 bytes, 8-aligned, between the setups and the tokens. */
+    ST_REQUIRE(st_ctrl_mb_layout(ST_CTRL_MB_TOKENS, 5, 0, 0, 0, 0, 0, &l0) == ST_OK);
+    ST_CHECK(l.kvops % 8 == 0 && l.kvops >= l.setup);
+    ST_CHECK(l.tokens >= l.kvops + 3 * sizeof(st_kvop_t));
+    ST_CHECK(l.total == l0.total + 3 * sizeof(st_kvop_t));
+    ST_REQUIRE(st_ctrl_mb_parse(mbuf, len, &tok_lim, &v, &err) == ST_OK);
+    ST_CHECK(v.hdr->n_kvops == 3);
+    ST_CHECK(v.kvops == (const st_kvop_t *)(const void *)((uint8_t *)mbuf + l.kvops));
+    ST_CHECK(memcmp(v.kvops, three_ops, sizeof(three_ops)) == 0);
+    ST_CHECK(v.kvops[0].kind == ST_KVOP_LOAD && v.kvops[0].block == 3 &&
+             v.kvops[0].tag == 0x1122334455667788ull);
+    ST_CHECK(v.kvops[2].kind == ST_KVOP_SAVE_POST && v.kvops[2].pos == 127 &&
+             v.kvops[2].tag == UINT64_MAX);
+    /* The rest of the frame is where it should be. */
+    ST_CHECK(v.tokens[0] == 100 && v.tokens[4] == 104 && v.pos[4] == 4 && v.want[4] == 1);
+
+    /* ST_KVOP_MAX ops is the most a frame carries. */
+    {
+        static st_kvop_t many[ST_KVOP_MAX + 1];
+        for (uint32_t i = 0; i <= ST_KVOP_MAX; i++)
+            many[i] = (st_kvop_t){.kind = ST_KVOP_SAVE_PRE, .slot = i % 2, .pos = 0,
+                                  .block = i, .tag = i + 1};
+        len = build_tokens_ops(5, many, ST_KVOP_MAX, &l);
+        ST_REQUIRE(len > 0);
+        ST_CHECK(st_ctrl_mb_parse(mbuf, len, &tok_lim, &v, &err) == ST_OK);
+        ST_CHECK(v.hdr->n_kvops == ST_KVOP_MAX && v.kvops[ST_KVOP_MAX - 1].tag == ST_KVOP_MAX);
+        len = build_tokens_ops(5, many, ST_KVOP_MAX + 1, &l);
+        ST_REQUIRE(len > 0);
+        ST_CHECK(st_ctrl_mb_parse(mbuf, len, &tok_lim, &v, &err) == ST_ERR_PROTOCOL);
+        ST_CHECK(strstr(err.msg, "prefix-cache") != NULL);
+    }
+
+    /* A HIDDEN frame carries them too, its rows still 64-byte aligned. */
+    {
+        st_ctrl_mb_hdr_t *h = (st_ctrl_mb_hdr_t *)mbuf;
+        st_ctrl_mb_limits_t lim = tok_lim;
+        lim.kind = ST_CTRL_MB_HIDDEN;
+        ST_REQUIRE(st_ctrl_mb_layout(ST_CTRL_MB_HIDDEN, 2, 8, 0, 1, 0, 0, &l) == ST_OK);
+        ST_CHECK(l.hidden % 64 == 0 && l.hidden >= l.kvops + sizeof(st_kvop_t));
+        memset(mbuf, 0, l.total);
+        h->magic = ST_CTRL_MB_MAGIC;
+        h->version = ST_CTRL_VERSION;
+        h->kind = ST_CTRL_MB_HIDDEN;
+        h->epoch = 2;
+        h->n = 2;
+        h->n_embd = 8;
+        h->n_kvops = 1;
+        ((int32_t *)(void *)((uint8_t *)mbuf + l.pos))[1] = 1;
+        memcpy((uint8_t *)mbuf + l.kvops, &three_ops[1], sizeof(st_kvop_t));
+        ST_CHECK(st_ctrl_mb_parse(mbuf, l.total, &lim, &v, &err) == ST_OK);
+        ST_CHECK(v.hdr->n_kvops == 1 && memcmp(v.kvops, &three_ops[1], sizeof(st_kvop_t)) == 0);
+        ST_CHECK((const uint8_t *)v.hidden == (uint8_t *)mbuf + l.hidden);
+    }
+}
+
+ST_TEST(mb_kvops_are_validated)
+{
+    st_ctrl_mb_layout_t l;
+    st_ctrl_mb_view_t v;
+    st_error_t err;
+    st_kvop_t ops[3];
+    size_t len;
+
+    /* One bad field in op 1 at a time; each refused, naming the op. */
+    for (int c = 0; c < 6; c++) {
+        memcpy(ops, three_ops, sizeof(ops));
+        switch (c) {
+        case 0: ops[1].kind = 0; break;
+        case 1: ops[1].kind = ST_KVOP_SAVE_POST + 1; break;      /* 4 */
+        case 2: ops[1].slot = tok_lim.n_slots; break;
+        case 3: ops[1].pos = tok_lim.n_ctx; break;
+        case 4: ops[1].tag = 0; break;
+        case 5: ops[1].kind = 0xffffffffu; break;
+        }
+        len = build_tokens_ops(5, ops, 3, &l);
+        ST_REQUIRE(len > 0);
+        ST_CHECK_MSG(st_ctrl_mb_parse(mbuf, len, &tok_lim, &v, &err) == ST_ERR_PROTOCOL,
+                     "case %d", c);
+        ST_CHECK_MSG(strstr(err.msg, "prefix-cache op 1") != NULL, "case %d: %s", c, err.msg);
+    }
+    /* The largest slot and position are fine. */
+    memcpy(ops, three_ops, sizeof(ops));
+    ops[1].slot = tok_lim.n_slots - 1;
+    ops[1].pos = tok_lim.n_ctx - 1;
+    len = build_tokens_ops(5, ops, 3, &l);
+    ST_CHECK(st_ctrl_mb_parse(mbuf, len, &tok_lim, &v, &err) == ST_OK);
+
+    /* The frame's length must be that of n_kvops ops: one op short, or one
+     * too many, is refused. */
+    len = build_tokens_ops(5, three_ops, 2, &l);
+    ST_REQUIRE(len > 0);
+    ((st_ctrl_mb_hdr_t *)mbuf)->n_kvops = 3;
+    ST_CHECK(st_ctrl_mb_parse(mbuf, len, &tok_lim, &v, &err) == ST_ERR_PROTOCOL);
+    ST_CHECK(strstr(err.msg, "header describes") != NULL);
+    len = build_tokens_ops(5, three_ops, 3, &l);
+    ST_REQUIRE(len > 0);
+    ((st_ctrl_mb_hdr_t *)mbuf)->n_kvops = 2;
+    ST_CHECK(st_ctrl_mb_parse(mbuf, len, &tok_lim, &v, &err) == ST_ERR_PROTOCOL);
+    ((st_ctrl_mb_hdr_t *)mbuf)->n_kvops = 3;
+    ST_CHECK(st_ctrl_mb_parse(mbuf, len - sizeof(st_kvop_t), &tok_lim, &v, &err) ==
+             ST_ERR_PROTOCOL);
+    ST_CHECK(st_ctrl_mb_parse(mbuf, len, &tok_lim, &v, &err) == ST_OK);
+    /* A huge count is refused before any length arithmetic. */
+    ((st_ctrl_mb_hdr_t *)mbuf)->n_kvops = 0xffffffffu;
+    ST_CHECK(st_ctrl_mb_parse(mbuf, len, &tok_lim, &v, &err) == ST_ERR_PROTOCOL);
+
+    /* An IDS frame carries no ops. */
+    {
+        st_ctrl_mb_hdr_t *h = (st_ctrl_mb_hdr_t *)mbuf;
+        st_ctrl_mb_limits_t lim = tok_lim;
+        lim.kind = ST_CTRL_MB_IDS;
+        ST_REQUIRE(st_ctrl_mb_layout(ST_CTRL_MB_IDS, 0, 0, 0, 0, 1, 0, &l) == ST_OK);
+        memset(mbuf, 0, l.total);
+        h->magic = ST_CTRL_MB_MAGIC;
+        h->version = ST_CTRL_VERSION;
+        h->kind = ST_CTRL_MB_IDS;
+        h->epoch = 2;
+        h->n_ids = 1;
+        ((int32_t *)(void *)((uint8_t *)mbuf + l.ids))[0] = 5;
+        ST_CHECK(st_ctrl_mb_parse(mbuf, l.total, &lim, &v, &err) == ST_OK);
+        h->n_kvops = 1;
+        ST_CHECK(st_ctrl_mb_parse(mbuf, l.total, &lim, &v, &err) == ST_ERR_PROTOCOL);
+        ST_CHECK(strstr(err.msg, "prefix-cache") != NULL);
+    }
 }
 
 /* ---- authentication ---------------------------------------------------- */

@@ -95,7 +95,7 @@ static size_t seed(int which, uint8_t *out, size_t cap)
     default: {
         st_ctrl_mb_layout_t l;
         st_ctrl_mb_hdr_t h;
-        if (st_ctrl_mb_layout(ST_CTRL_MB_TOKENS, 3, 0, 0, 0, 0, &l) != ST_OK || l.total > cap)
+        if (st_ctrl_mb_layout(ST_CTRL_MB_TOKENS, 3, 0, 0, 0, 0, 0, &l) != ST_OK || l.total > cap)
             return 0;
         memset(out, 0, l.total);
         memset(&h, 0, sizeof(h));
