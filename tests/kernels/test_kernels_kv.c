@@ -145,6 +145,8 @@ static const kv_case_t cases[] = {
     {"gemma3 sliding window", 4, 1, 256, 0, 0, 48, 0.0f, 0},
     {"softcap (generic path)", 4, 2, 64, 0, 0, 0, 30.0f, 0},
     {"mla 512 + 64", 4, 1, 576, 512, 576, 0, 0.0f, 1},
+    {"8 query heads per KV head", 16, 2, 64, 0, 0, 0, 0.0f, 0},
+    {"5 query heads per KV head, window", 10, 2, 128, 0, 0, 40, 0.0f, 0},
 };
 
 ST_TEST(kv_f16_store_and_attention_vs_double)
