@@ -186,3 +186,25 @@ def test_cluster_replan_empties_the_cache(refs):
         assert m3["hit_tokens_total"] > m2["hit_tokens_total"], (m2, m3, srv.stop()[2][-3000:])
     finally:
         srv.stop()
+
+
+def test_gemma3_sliding_window_and_q8_0_cache():
+    """Gemma 3 (sliding-window layers, one KV head) with a q8_0 cache: the
+    pool keeps the quantized rows as they are; the text is generate's."""
+    gemma = os.environ.get("STRATA_GEMMA3",
+                           os.path.expanduser("~/.cache/strata/gemma-3-270m-q4_k_m.gguf"))
+    if not os.path.exists(gemma):
+        pytest.skip("Gemma 3 270M not in the cache (scripts/fetch-model.sh gemma3)")
+    from test_http_common import BIN
+    pre = open(os.path.join(ROOT, "docs", "CLUSTER.md")).read()[:1200]
+    qs = ["\nThe Eiffel Tower is located in the city of", "\nThe capital of Italy is"]
+    srv = Server("--kv-type", "q8_0", model=gemma)
+    try:
+        for q in qs:
+            want = subprocess.run([BIN, "generate", "-m", gemma, "-p", pre + q, "-n", str(N),
+                                   "--temp", "0", "-t", "2", "--kv-type", "q8_0"],
+                                  capture_output=True, text=True, timeout=120).stdout[:-1]
+            assert complete(srv, pre + q) == want
+        assert pfx(srv)["hit_tokens_total"] > 0
+    finally:
+        srv.stop()
