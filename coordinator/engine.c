@@ -401,14 +401,19 @@ static void pfx_flush(st_engine_t *e, const char *why)
 
 static int pfx_room(const st_engine_t *e, uint32_t n) { return e->n_ops + n <= ST_KVOP_MAX; }
 
-static void pfx_op(st_engine_t *e, uint32_t kind, uint32_t slot, uint32_t pos, int32_t node)
+static void pfx_fill(st_engine_t *e, st_kvop_t *op, uint32_t kind, uint32_t slot, uint32_t pos,
+                     int32_t node)
 {
-    st_kvop_t *op = &e->ops[e->n_ops++];
     op->kind = kind;
     op->slot = slot;
     op->pos = pos;
     op->block = (uint32_t)node;
     op->tag = st_prefix_tag(e->pfx, node);
+}
+
+static void pfx_op(st_engine_t *e, uint32_t kind, uint32_t slot, uint32_t pos, int32_t node)
+{
+    pfx_fill(e, &e->ops[e->n_ops++], kind, slot, pos, node);
 }
 
 static pslot_t *pfx_slot(st_engine_t *e, uint32_t i)
@@ -441,12 +446,7 @@ static void pfx_extend(st_engine_t *e, uint32_t i, const int32_t *tokens, uint32
         if (node < 0)
             return;
         if (is_new && q) {
-            st_kvop_t *op = &ps->q[ps->n_q++];
-            op->kind = ST_KVOP_SAVE_PRE;
-            op->slot = i;
-            op->pos = ps->n_path * B;
-            op->block = (uint32_t)node;
-            op->tag = st_prefix_tag(e->pfx, node);
+            pfx_fill(e, &ps->q[ps->n_q++], ST_KVOP_SAVE_PRE, i, ps->n_path * B, node);
         } else if (is_new) {
             pfx_op(e, ST_KVOP_SAVE_POST, i, ps->n_path * B, node);
             rec->pend[rec->n_pend++] = node;
