@@ -107,6 +107,10 @@ typedef struct st_cluster_params {
                                       encrypted model are never streamed. NULL: none */
     uint32_t    kv_type;           /* KV cache elements on every stage (ST_DTYPE_F32, F16,
                                       Q8_0; default F16), sent in each PLAN */
+    uint64_t    worker_mem_bytes;  /* local workers advertise this much memory to the
+                                      planner (`strata worker --mem`), so a model larger
+                                      than one worker's budget must split; 0: each
+                                      worker's MemAvailable */
 } st_cluster_params_t;
 
 st_cluster_params_t st_cluster_default_params(void);
