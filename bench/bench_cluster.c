@@ -3,7 +3,7 @@
  * pipelining buys, on one machine.
  *
  *   strata bench cluster -m MODEL [--stages 1,2,3] [--streams 1,4,16] [-t T]
- *                        [--tokens N] [--transport tcp] [--json]
+ *                        [--tokens N] [--transport tcp] [--worker-mem SIZE] [--json]
  *
  * Measures, each against the same engine with the local pipeline (one
  * process, T threads) as the reference:
@@ -18,6 +18,8 @@
  *    stage writes into the micro-batch frame: coordinator -> stage 0 ->
  *    ... -> coordinator) and per-stage compute time;
  *  - each worker's peak resident memory and load time.
+ * --worker-mem gives each local worker a memory budget for the planner, so a
+ * model larger than it is split (bench/cluster_scale.sh runs that matrix).
  * Decode speed counts tokens after the first of each stream (prefill and
  * time to first token excluded); aggregate speed is all generated tokens
  * over the wall time from the first token to the last. Every figure is the
@@ -212,6 +214,7 @@ typedef struct cfg {
     const char *listen, *data_listen, *secret_file;
     int         threads;
     uint32_t    n_tok, n_ctx, max_streams, reps;
+    uint64_t    worker_mem;   /* --worker-mem: memory each local worker advertises */
     int         json;
 } cfg_t;
 
@@ -262,6 +265,7 @@ static st_status_t engine_for(const cfg_t *c, uint32_t stages, st_engine_t **e,
         cp.n_threads = c->threads;
         cp.transport_tls = c->transport;
         cp.respawn = 0;
+        cp.worker_mem_bytes = c->worker_mem;
         st = st_cluster_local_create(&cp, &pipe, err);
         if (st != ST_OK)
             return st;
@@ -310,10 +314,14 @@ int st_bench_cluster(int argc, char **argv)
             printf("usage: strata bench cluster -m MODEL [--stages 1,2,3] [--streams 1,4,16]\n"
                    "       [--agg-stages S] [-t THREADS] [--tokens N] [--ctx N]\n"
                    "       [--transport TLS] [--reps R (median of R, default 3)] [--json]\n"
+                   "       [--worker-mem SIZE]\n"
                    "       [--external N --listen ADDR [--data-listen ADDR] --secret-file F]\n"
                    "  --external: N workers started elsewhere join ADDR (one cluster, used\n"
                    "  for both the single-stream and the aggregate runs); see\n"
-                   "  bench/cluster_netns.sh, which starts them in network namespaces\n");
+                   "  bench/cluster_netns.sh, which starts them in network namespaces\n"
+                   "  --worker-mem: memory each local worker advertises to the planner\n"
+                   "  (512MiB, 300M, bytes; `strata worker --mem`): below the model's size\n"
+                   "  the plan must split it (bench/cluster_scale.sh)\n");
             return 0;
         }
         if (!strcmp(a, "--json")) {
@@ -346,6 +354,8 @@ int st_bench_cluster(int argc, char **argv)
         } else if (!strcmp(a, "--reps")) {
             if (cli_parse_long(a, v, 1, 100, &l)) return 2;
             c.reps = (uint32_t)l;
+        } else if (!strcmp(a, "--worker-mem")) {
+            if (cli_parse_size(a, v, &c.worker_mem)) return 2;
         } else if (!strcmp(a, "--ctx")) {
             if (cli_parse_long(a, v, 64, 1 << 20, &l)) return 2;
             c.n_ctx = (uint32_t)l;

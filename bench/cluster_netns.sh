@@ -4,6 +4,10 @@
 # root namespace. Needs root and iproute2. Cleans up what it creates.
 #
 #   bench/cluster_netns.sh [STRATA_BIN] [MODEL] [N_WORKERS] [extra bench options...]
+#
+# WORKER_MEM=SIZE (e.g. 300MiB) makes every worker advertise that much memory
+# to the planner (`strata worker --mem`), so a model larger than it is split
+# (bench/cluster_scale.sh).
 set -eu
 BIN=${1:-build/bin/strata}
 MODEL=${2:-$HOME/.cache/strata/SmolLM2-135M-Instruct.Q4_1.gguf}
@@ -41,7 +45,7 @@ PORT=$(( 20000 + TAG % 20000 ))
 for i in $(seq 0 $((N - 1))); do
     ip netns exec stbn$TAG$i "$BIN" worker --join "$NET.1:$PORT" --secret-file "$WORK/secret" \
         --name "ns-$i" --transport tcp --data-listen 0.0.0.0:0 --join-timeout 60 \
-        2>"$WORK/worker$i.log" &
+        ${WORKER_MEM:+--mem "$WORKER_MEM"} 2>"$WORK/worker$i.log" &
     PIDS+=($!)
 done
 "$BIN" bench cluster -m "$MODEL" --external "$N" --listen "$NET.1:$PORT" \

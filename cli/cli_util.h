@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "st_dtype.h"
+#include "st_plan.h"
 
 /* Parses a whole decimal/float argument or reports the option by name. */
 static inline int cli_parse_long(const char *opt, const char *s, long lo, long hi, long *out)
@@ -24,6 +25,19 @@ static inline int cli_parse_long(const char *opt, const char *s, long lo, long h
     v = strtol(s, &end, 10);
     if (errno || end == s || *end || v < lo || v > hi) {
         fprintf(stderr, "strata: %s expects an integer in [%ld, %ld], got '%s'\n", opt, lo, hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* A memory size: bytes, or with K/M/G/T or KiB/MiB/GiB/TiB (binary), > 0. */
+static inline int cli_parse_size(const char *opt, const char *s, uint64_t *out)
+{
+    uint64_t v;
+    if (st_plan_parse_size(s, &v) || v == 0) {
+        fprintf(stderr, "strata: %s expects a size (bytes, or with K/M/G/KiB/MiB/GiB), "
+                "got '%s'\n", opt, s);
         return -1;
     }
     *out = v;

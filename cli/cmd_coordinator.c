@@ -87,6 +87,9 @@ static void usage(FILE *f)
         "                          interface of UCX's TCP transport, the port is unused\n"
         "  --workers N             workers to wait for before planning (default 1)\n"
         "  --local N               start N local worker processes (random secret)\n"
+        "  --worker-mem SIZE       with --local: memory each worker offers the planner\n"
+        "                          (512MiB, 2G; default its MemAvailable): a model larger\n"
+        "                          than that is split over the workers or refused\n"
         "  --secret-file F         cluster secret (default: $STRATA_CLUSTER_SECRET)\n"
         "  --split A,B,...         layers per stage (default: the topology planner)\n"
         "  --ctx N --slots N --batch N   context, sequences, tokens per micro-batch\n"
@@ -497,6 +500,9 @@ int st_cmd_coordinator_run(int argc, char **argv, const st_cli_secret_t *secret)
         else if (!strcmp(o, "-p") || !strcmp(o, "--prompt")) req.prompt = v;
         else if (!strcmp(o, "--control-port")) {
             if (cli_parse_long(o, v, 0, 65535, &ctl_port)) goto out;
+        }
+        else if (!strcmp(o, "--worker-mem")) {
+            if (cli_parse_size(o, v, &cp.worker_mem_bytes)) goto out;
         }
         else if (!strcmp(o, "--workers") || !strcmp(o, "--local")) {
             if (cli_parse_long(o, v, 1, 16, &l)) goto out;

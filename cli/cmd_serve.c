@@ -44,6 +44,8 @@ static void usage(FILE *f)
         "                           worker is given the file and the key\n"
         "      --key-pkcs11 URI     the key unwrapped by a PKCS#11 token (pin-source=file:)\n"
         "      --workers N          run N local worker processes (0: in this process)\n"
+        "      --worker-mem SIZE    memory each local worker offers the planner (512MiB,\n"
+        "                           2G; default its MemAvailable)\n"
         "      --slots N            sequences decoded together (default 8)\n"
         "      --ctx N              tokens per sequence (default 2048)\n"
         "      --max-queue N        waiting requests before 503 (default 1000)\n"
@@ -84,6 +86,7 @@ int st_cmd_serve(int argc, char **argv)
     st_error_t err;
     const char *v;
     long workers = 0, l;
+    uint64_t worker_mem = 0;
     int rc = 1, kv_set = 0;
 
     memset(&pipe, 0, sizeof(pipe));
@@ -122,6 +125,8 @@ int st_cmd_serve(int argc, char **argv)
             ep.prefix_cache_bytes = (uint64_t)l << 20;
         } else if (!strcmp(a, "--workers")) {
             if (cli_parse_long(a, v, 0, 64, &workers)) return 2;
+        } else if (!strcmp(a, "--worker-mem")) {
+            if (cli_parse_size(a, v, &worker_mem)) return 2;
         } else if (!strcmp(a, "--slots")) {
             if (cli_parse_long(a, v, 1, 4096, &l)) return 2;
             ep.n_slots = (uint32_t)l;
@@ -161,6 +166,7 @@ int st_cmd_serve(int argc, char **argv)
         cp.model_path = ep.model_path;
         cp.key_file = ep.key_file;
         cp.n_workers = (uint32_t)workers;
+        cp.worker_mem_bytes = worker_mem;
         cp.n_ctx = ep.n_ctx;
         cp.n_slots = ep.n_slots;
         cp.max_batch = ep.max_batch;
@@ -175,6 +181,7 @@ int st_cmd_serve(int argc, char **argv)
         hc.stage_stats = pipeline_stages;
         hc.stage_stats_ctx = &pipe;
 #else
+        (void)worker_mem;
         fprintf(stderr, "strata serve: --workers is not available yet in this build (no "
                 "st_cluster.h); use --workers 0\n");
         return 2;

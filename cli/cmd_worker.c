@@ -61,7 +61,8 @@ static void usage(FILE *f)
         "                        interface of UCX's TCP transport (port unused)\n"
         "  --transport TLS       UCX_TLS for the data plane (e.g. tcp, sm,self)\n"
         "  --no-bind             do not apply the topology placement\n"
-        "  --mem BYTES           memory to advertise to the planner (default: MemAvailable)\n"
+        "  --mem SIZE            memory to advertise to the planner: bytes or 512MiB, 2G\n"
+        "                        (default: MemAvailable)\n"
         "  --join-timeout S      keep retrying the coordinator this long (default 30)\n");
 }
 
@@ -112,8 +113,7 @@ int st_cmd_worker_run(int argc, char **argv, const st_cli_secret_t *secret)
         } else if (!strcmp(a, "--transport")) {
             p.transport_tls = v;
         } else if (!strcmp(a, "--mem")) {
-            if (cli_parse_long(a, v, 1, (long)(~0ul >> 1), &l)) return 2;
-            p.mem_bytes = (uint64_t)l;
+            if (cli_parse_size(a, v, &p.mem_bytes)) return 2;
         } else if (!strcmp(a, "--join-timeout")) {
             if (cli_parse_long(a, v, 0, 86400, &l)) return 2;
             p.join_timeout_ms = (uint32_t)l * 1000u;

@@ -65,7 +65,7 @@ static void close_fds_from(int first)
 
 st_status_t cl_spawn(st_cluster_t *c, uint32_t index, st_error_t *err)
 {
-    char threads[16], name[32];
+    char threads[16], name[32], mem[24];
     const char *argv[24];
     int k = 0;
     pid_t pid;
@@ -84,6 +84,11 @@ st_status_t cl_spawn(st_cluster_t *c, uint32_t index, st_error_t *err)
     argv[k++] = "127.0.0.1:0";
     if (!c->p.bind)
         argv[k++] = "--no-bind";
+    if (c->p.worker_mem_bytes) {
+        snprintf(mem, sizeof(mem), "%llu", (unsigned long long)c->p.worker_mem_bytes);
+        argv[k++] = "--mem";
+        argv[k++] = mem;
+    }
     if (c->p.key_file) {
         /* An encrypted model: each worker decrypts its own layers from the
          * file (shards are never streamed in the clear). The key file's

@@ -155,6 +155,14 @@ uint32_t cl_stage_tensors(const st_cluster_t *c, uint32_t first, uint32_t last,
 }
 
 #ifdef ST_CLUSTER_HAVE_PLAN
+/* Activation scratch of one sequence in one stage, as the planner counts it
+ * (rebalance() must count the same, or it keeps splits the planner refused). */
+static uint64_t act_bytes_per_seq(const st_cluster_t *c)
+{
+    const st_hparams_t *hp = st_model_hparams(c->model);
+    return 4ull * (6ull * hp->n_embd + 2ull * hp->n_ff + hp->n_vocab);
+}
+
 /* The planner balances layer weight bytes, but the last stage also runs the
  * output head for every sampled token (on SmolLM2-135M the tied 49152-row
  * head is about as much work as five layers: measured 14.7 ms for layers
@@ -171,6 +179,7 @@ static void rebalance(st_cluster_t *c)
     uint64_t kv_layer = st_model_kv_bytes_per_token_layer(c->model, c->p.kv_type) *
                         ((uint64_t)c->p.n_ctx * c->p.n_slots +
                          (uint64_t)c->prefix_blocks * ST_PREFIX_BLOCK);
+    uint64_t act = act_bytes_per_seq(c) * c->p.n_slots;
 
     if (K < 2 || L > 1024)
         return;
@@ -209,7 +218,7 @@ static void rebalance(st_cluster_t *c)
     for (uint32_t s = 0; s < K; s++) {
         const wrec_t *w = &c->workers[c->stages[s].worker];
         uint32_t n = bounds[s + 1] - bounds[s];
-        uint64_t need = pre[bounds[s + 1]] - pre[bounds[s]] + kv_layer * n +
+        uint64_t need = pre[bounds[s + 1]] - pre[bounds[s]] + kv_layer * n + act +
                         (s == 0 ? st_model_embd_bytes(c->model) : 0) + (s == K - 1 ? head : 0);
         if (need > w->mem_bytes)
             goto out;   /* the planner's split stays: it knows memory */
@@ -264,7 +273,6 @@ st_status_t cl_compute_split(st_cluster_t *c, wrec_t **cand, uint32_t n_cand,
     }
 #ifdef ST_CLUSTER_HAVE_PLAN
     {
-        const st_hparams_t *hp = st_model_hparams(c->model);
         st_plan_worker_t pw[ST_CTRL_MAX_STAGES];
         uint64_t *lb = calloc(2ull * n_layer, sizeof(uint64_t));  /* bytes, then work */
         st_plan_params_t pp;
@@ -292,8 +300,11 @@ st_status_t cl_compute_split(st_cluster_t *c, wrec_t **cand, uint32_t n_cand,
         pp.model.layer_work = lb + n_layer;
         pp.model.embd_bytes = st_model_embd_bytes(c->model);
         pp.model.output_bytes = st_model_output_bytes(c->model);
+        /* A tied head is the embedding's tensor: a single stage maps it once. */
+        if (st_model_output(c->model) == st_model_tok_embd(c->model))
+            pp.model.shared_bytes = pp.model.embd_bytes;
         pp.model.kv_bytes_per_token_layer = st_model_kv_bytes_per_token_layer(c->model, c->p.kv_type);
-        pp.model.act_bytes_per_seq = 4ull * (6ull * hp->n_embd + 2ull * hp->n_ff + hp->n_vocab);
+        pp.model.act_bytes_per_seq = act_bytes_per_seq(c);
         pp.n_ctx = c->p.n_ctx;
         pp.n_seq = c->p.n_slots;
         pp.pool_tokens = (uint64_t)c->prefix_blocks * ST_PREFIX_BLOCK;

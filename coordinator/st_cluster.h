@@ -109,6 +109,10 @@ typedef struct st_cluster_params {
                                       Q8_0; default F16), sent in each PLAN */
     uint64_t    prefix_cache_bytes;/* prefix-cache pool over all stages (0: none); each
                                       stage holds its layers' share of the same blocks */
+    uint64_t    worker_mem_bytes;  /* local workers advertise this much memory to the
+                                      planner (`strata worker --mem`), so a model larger
+                                      than one worker's budget must split; 0: each
+                                      worker's MemAvailable */
 } st_cluster_params_t;
 
 st_cluster_params_t st_cluster_default_params(void);

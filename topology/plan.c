@@ -34,6 +34,7 @@ static uint64_t stage_mem(const plan_ctx_t *c, uint32_t i, uint32_t j)
     uint64_t m = (c->pb[j] - c->pb[i]) + (uint64_t)(j - i) * c->kvl + c->act;
     if (i == 0) m += c->p->model.embd_bytes;
     if (j == c->L) m += c->p->model.output_bytes;
+    if (i == 0 && j == c->L) m -= c->p->model.shared_bytes;   /* a tied head, held once */
     return m;
 }
 
@@ -278,12 +279,16 @@ static st_status_t explain_no_fit(const plan_ctx_t *c, const uint32_t *o, uint32
     uint32_t used = 0;
     for (uint32_t k = 0; k < K; k++) used += cut[k] < cut[k + 1];
     need = (double)c->pb[c->L] + (double)c->L * (double)c->kvl + (double)p->model.embd_bytes
-         + (double)p->model.output_bytes + (double)used * (double)c->act;
+         + (double)p->model.output_bytes + (double)used * (double)c->act
+         - (used == 1 ? (double)p->model.shared_bytes : 0);
 
     len += (size_t)snprintf(msg + len, sizeof(msg) - len,
-                            "model does not fit: needs %.1f MiB (weights, KV cache for %u x %u tokens, "
-                            "activations) on %u workers with %.1f MiB",
-                            need / 1048576.0, p->n_ctx, p->n_seq, K, have / 1048576.0);
+                            "model does not fit: needs %.1f MiB (weights, KV cache for %u x %u tokens"
+                            "%s%.0llu%s, activations) on %u workers with %.1f MiB",
+                            need / 1048576.0, p->n_ctx, p->n_seq,
+                            p->pool_tokens ? " + a prefix cache of " : "",
+                            (unsigned long long)p->pool_tokens,
+                            p->pool_tokens ? " tokens (--prefix-cache)" : "", K, have / 1048576.0);
     if (need > have && len < sizeof(msg))
         len += (size_t)snprintf(msg + len, sizeof(msg) - len, ", %.1f MiB missing in total",
                                 (need - have) / 1048576.0);
@@ -308,6 +313,9 @@ static st_status_t validate(const st_plan_params_t *p, st_error_t *err)
     if (p->model.n_layer == 0 || p->model.n_layer > ST_PLAN_MAX_LAYERS || !p->model.layer_bytes)
         return st_error_set(err, ST_ERR_INVALID, "plan: n_layer %u (1..%u, with layer_bytes)",
                             p->model.n_layer, ST_PLAN_MAX_LAYERS);
+    if (p->model.shared_bytes > p->model.embd_bytes || p->model.shared_bytes > p->model.output_bytes)
+        return st_error_set(err, ST_ERR_INVALID, "plan: shared_bytes %llu exceed the embedding "
+                            "or the output bytes", (unsigned long long)p->model.shared_bytes);
     if (p->n_ctx == 0 || p->n_seq == 0)
         return st_error_set(err, ST_ERR_INVALID, "plan: n_ctx %u and n_seq %u must be > 0",
                             p->n_ctx, p->n_seq);
@@ -406,9 +414,12 @@ st_status_t st_plan_compute(const st_plan_params_t *p, st_plan_t **out, st_error
     if (K == 0) {
         s = st_error_set(err, ST_ERR_RANGE,
                          "model does not fit: no worker can hold a single layer: the smallest stage "
-                         "needs %.1f MiB (weights + KV cache for %u x %u tokens + activations), the "
-                         "largest worker '%s' has %.1f MiB (%.1f MiB missing)",
-                         one_layer / 1048576.0, p->n_ctx, p->n_seq, p->workers[biggest].name,
+                         "needs %.1f MiB (weights + KV cache for %u x %u tokens%s%.0llu%s + "
+                         "activations), the largest worker '%s' has %.1f MiB (%.1f MiB missing)",
+                         one_layer / 1048576.0, p->n_ctx, p->n_seq,
+                         p->pool_tokens ? " + a prefix cache of " : "",
+                         (unsigned long long)p->pool_tokens, p->pool_tokens ? " tokens" : "",
+                         p->workers[biggest].name,
                          p->workers[biggest].mem_bytes / 1048576.0,
                          (one_layer - p->workers[biggest].mem_bytes) / 1048576.0);
         goto err_plan;

@@ -53,6 +53,8 @@ st_status_t st_plan_model_from_file(const char *path, uint32_t n_ctx, uint32_t n
         s = st_error_set(err, ST_ERR_OVERFLOW, "%s: output bytes overflow", path);
         goto err_layers;
     }
+    if (st_model_output(m) == st_model_tok_embd(m))   /* tied head: one tensor */
+        d.model.shared_bytes = d.model.embd_bytes;
     /* The engine's default KV type (the cluster plans with its own). */
     d.model.kv_bytes_per_token_layer = st_model_kv_bytes_per_token_layer(m, ST_KV_TYPE_DEFAULT);
     d.model.act_bytes_per_seq = 4 * floats;

@@ -74,6 +74,10 @@ typedef struct st_plan_model {
     uint64_t        output_bytes;             /* output norm + head + logits: last stage */
     uint64_t        kv_bytes_per_token_layer; /* K and V of one token in one layer */
     uint64_t        act_bytes_per_seq;        /* activation scratch of one sequence, per stage */
+    uint64_t        shared_bytes;             /* bytes counted in both embd_bytes and
+                                               * output_bytes (a head tied to the token
+                                               * embedding: one tensor), held once by a
+                                               * stage that has both; 0: none */
 } st_plan_model_t;
 
 typedef struct st_plan_params {

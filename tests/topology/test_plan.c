@@ -60,7 +60,8 @@ static int plan_ok(const st_plan_params_t *p, const st_plan_t *plan, char *why, 
         if (seen[st->worker]++) { snprintf(why, n, "worker %u used twice", st->worker); return 0; }
         if (st->holds_embd != (s == 0) || st->holds_output != (s == ns - 1)) { snprintf(why, n, "ends wrong at %u", s); return 0; }
         uint64_t m = st->kv_bytes + st->act_bytes + (st->holds_embd ? p->model.embd_bytes : 0)
-                   + (st->holds_output ? p->model.output_bytes : 0);
+                   + (st->holds_output ? p->model.output_bytes : 0)
+                   - (st->holds_embd && st->holds_output ? p->model.shared_bytes : 0);
         for (uint32_t l = st->first_layer; l < st->first_layer + st->n_layers; l++) m += p->model.layer_bytes[l];
         if (m != st->total_bytes) { snprintf(why, n, "stage %u bytes %llu != %llu", s, (unsigned long long)st->total_bytes, (unsigned long long)m); return 0; }
         next += st->n_layers;
@@ -174,6 +175,35 @@ ST_TEST(does_not_fit_says_what_is_missing)
     in.w[0].mem_bytes = in.w[1].mem_bytes = MiB;   /* nobody holds one layer */
     ST_CHECK(st_plan_compute(&in.p, &plan, &err) == ST_ERR_RANGE);
     ST_CHECK_MSG(strstr(err.msg, "no worker can hold a single layer") != NULL, "%s", err.msg);
+}
+
+/* A head tied to the embedding is one tensor: a single stage holding both
+ * ends needs it once (it was counted twice, so a worker that fit the model
+ * was refused), two stages each map it. */
+ST_TEST(tied_head_counts_once_on_one_stage)
+{
+    static inst_t in;
+    st_error_t err;
+    st_plan_t *plan;
+    inst_init(&in, 10, 1);
+    in.p.model.shared_bytes = 20 * MiB;
+    /* 10 x 10 MiB + 10 x 1 MiB KV + 20 MiB embedding/head + 1 MiB act */
+    in.w[0].mem_bytes = 131 * MiB;
+    ST_REQUIRE(st_plan_compute(&in.p, &plan, &err) == ST_OK);
+    ST_CHECK(st_plan_stage(plan, 0)->total_bytes == 131 * MiB);
+    st_plan_free(plan);
+    in.w[0].mem_bytes = 131 * MiB - 1;
+    ST_CHECK(st_plan_compute(&in.p, &plan, &err) == ST_ERR_RANGE);
+    ST_CHECK_MSG(strstr(err.msg, "needs 131.0 MiB") != NULL, "%s", err.msg);
+    /* two stages: each end holds its copy */
+    inst_init(&in, 10, 2);
+    in.p.model.shared_bytes = 20 * MiB;
+    ST_REQUIRE(st_plan_compute(&in.p, &plan, &err) == ST_OK);
+    ST_CHECK(st_plan_stage(plan, 0)->total_bytes + st_plan_stage(plan, 1)->total_bytes ==
+             (100 + 10 + 40 + 2) * MiB);
+    st_plan_free(plan);
+    in.p.model.shared_bytes = 21 * MiB;
+    ST_CHECK(st_plan_compute(&in.p, &plan, &err) == ST_ERR_INVALID);
 }
 
 ST_TEST(embedding_end_goes_to_the_worker_that_fits_it)
