@@ -52,7 +52,7 @@ int st_bench_decode(int argc, char **argv)
     const char *model_path = NULL, *v;
     long threads = 0, P = 128, G = 128, reps = 3, ctx = 2048, depth = 0, l;
     uint32_t kv_type = ST_KV_TYPE_DEFAULT;
-    int json = 0, rc = 1;
+    int json = 0, check_rss = 0, rc = 1;
     st_model_t *m = NULL;
     st_stage_t *s = NULL;
     st_error_t err;
@@ -65,10 +65,11 @@ int st_bench_decode(int argc, char **argv)
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             printf("usage: strata bench decode -m MODEL [--threads N] [--prompt-tokens P] "
                    "[--gen-tokens G] [--reps R] [--ctx N] [--depth D] [--kv-type f32|f16|q8_0] "
-                   "[--json]\n");
+                   "[--check-rss] [--json]\n");
             return 0;
         }
         if (!strcmp(a, "--json")) { json = 1; continue; }
+        if (!strcmp(a, "--check-rss")) { check_rss = 1; continue; }
         if (!(v = cli_value(argc, argv, &i))) return 2;
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) model_path = v;
         else if (!strcmp(a, "--threads") || !strcmp(a, "-t")) { if (cli_parse_long(a, v, 1, 1024, &l)) return 2; threads = l; }
@@ -193,6 +194,12 @@ int st_bench_decode(int argc, char **argv)
         uint64_t probe = hp->n_expert && fsize > bpt ? fsize : bpt;
         uint64_t kvt = st_model_kv_bytes_per_token_layer(m, kv_type) * hp->n_layer;
         uint64_t kvt_full = st_model_kv_full_bytes_per_token_layer(m, kv_type) * hp->n_layer;
+        /* The engine's memory budget: the mapped file, the KV cache of the
+         * whole context (allocated up front, resident as positions fill: at
+         * --depth D of --ctx N the cache is D/N resident) and 64 MiB for
+         * everything else (scratch, tokenizer, stacks). */
+        uint64_t budget = fsize + kv + (64u << 20);
+        int rss_ok = rss <= budget;
         double bw = st_cpu_read_bandwidth_gbps(probe, (int)threads);
         double frac = bw > 0 ? dec_med * (double)bpt / (bw * 1e9) : 0;
         if (json) {
@@ -203,12 +210,14 @@ int st_bench_decode(int argc, char **argv)
                    "\"peak_rss_bytes\":%llu,\"file_bytes\":%llu,\"kv_cache_bytes\":%llu,"
                    "\"ctx\":%ld,\"arch\":\"%s\",\"n_expert\":%u,\"n_expert_used\":%u,"
                    "\"kv_bytes_per_token\":%llu,\"kv_full_bytes_per_token\":%llu,"
-                   "\"kv_type\":\"%s\",\"depth\":%ld}\n",
+                   "\"kv_type\":\"%s\",\"depth\":%ld,\"peak_rss_budget_bytes\":%llu,"
+                   "\"peak_rss_within_budget\":%s}\n",
                    model_path, threads, st_cpu_isa_string(), P, G, reps, pre_med, dec_med,
                    (unsigned long long)bpt, bw, frac, (unsigned long long)rss,
                    (unsigned long long)fsize, (unsigned long long)kv, ctx, st_model_arch(m),
                    hp->n_expert, hp->n_expert_used, (unsigned long long)kvt,
-                   (unsigned long long)kvt_full, st_dtype_name(kv_type), depth);
+                   (unsigned long long)kvt_full, st_dtype_name(kv_type), depth,
+                   (unsigned long long)budget, rss_ok ? "true" : "false");
         } else {
             printf("model            %s\n", model_path);
             printf("threads          %ld (%s)\n", threads, st_cpu_isa_string());
@@ -225,9 +234,14 @@ int st_bench_decode(int argc, char **argv)
             printf("read bandwidth   %.2f GB/s measured with %ld threads over %.0f MB\n", bw, threads, (double)probe / 1e6);
             printf("decode/bandwidth %.1f %% of the read roofline (%.0f tokens/s)\n", 100 * frac,
                    bw * 1e9 / (double)bpt);
-            printf("peak RSS         %.1f MB (file %.1f MB + KV cache %.1f MB for ctx %ld; budget +64 MiB = %.1f MB)\n",
+            printf("peak RSS         %.1f MB (file %.1f MB + KV cache %.1f MB for ctx %ld; budget +64 MiB = %.1f MB): %s\n",
                    (double)rss / 1e6, (double)fsize / 1e6, (double)kv / 1e6, ctx,
-                   (double)(fsize + kv + (64u << 20)) / 1e6);
+                   (double)budget / 1e6, rss_ok ? "within budget" : "OVER BUDGET");
+        }
+        if (check_rss && !rss_ok) {
+            fprintf(stderr, "strata bench decode: peak RSS %.1f MB is over the budget of %.1f MB\n",
+                    (double)rss / 1e6, (double)budget / 1e6);
+            goto out;
         }
     }
     rc = 0;
