@@ -919,9 +919,6 @@ static void progress_cb(void *ctx, uint64_t done, uint64_t total)
         fputc('\n', stderr);
 }
 
-/* Opens the model, decrypting it with the key file when one is given (the
- * whole model: the local pipeline holds every layer). The key lives on the
- * stack only for the duration of the open. */
 /* The index, sized from what the pipeline's stages hold. */
 static st_status_t pfx_create(st_engine_t *e, st_error_t *err)
 {
@@ -969,6 +966,9 @@ static void pfx_destroy(st_engine_t *e)
     e->pfx = NULL;
 }
 
+/* Opens the model, decrypting it with the key file when one is given (the
+ * whole model: the local pipeline holds every layer). The key lives on the
+ * stack only for the duration of the open. */
 static st_status_t open_model(const st_engine_params_t *params, st_model_t **out,
                               st_error_t *err)
 {
